@@ -1,0 +1,150 @@
+//! The policy blob and the pluginConfig JSON that carries it.
+//!
+//! Layout: `CGPB` magic, format version (u16 LE), SHA-256 of the payload (32 bytes), then the
+//! payload: the [`CompiledPolicy`] in postcard encoding. The decoder refuses a wrong magic,
+//! an unknown version, a digest mismatch, trailing bytes and broken cross references, each
+//! with its own [`DecodeError`]. The digest, `sha256:<hex>`, is the policy version the
+//! filter reports.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::compiled::{CompiledPolicy, StructureError};
+use crate::engine::Engine;
+
+/// Blob magic bytes.
+pub const MAGIC: &[u8; 4] = b"CGPB";
+/// Current blob format version.
+pub const FORMAT_VERSION: u16 = 1;
+const HEADER_LEN: usize = 4 + 2 + 32;
+
+/// Why a blob or pluginConfig was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Shorter than the fixed header.
+    #[error("blob is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
+    TooShort(usize),
+    /// Does not start with the magic.
+    #[error("blob does not start with `CGPB`: not a claimgate policy")]
+    BadMagic,
+    /// A format this build does not read.
+    #[error("blob format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedVersion {
+        /// The version in the blob.
+        found: u16,
+    },
+    /// Payload digest differs from the header.
+    #[error("blob digest mismatch: the payload is corrupt or was altered")]
+    DigestMismatch,
+    /// The payload does not decode.
+    #[error("blob payload does not decode: {0}")]
+    Payload(String),
+    /// Bytes after the payload.
+    #[error("blob has {0} trailing bytes after the policy")]
+    TrailingBytes(usize),
+    /// The decoded policy's references do not hold.
+    #[error("blob is inconsistent: {0}")]
+    Structure(#[from] StructureError),
+    /// The pluginConfig is not the expected JSON.
+    #[error("pluginConfig is not valid: {0}")]
+    PluginConfig(String),
+    /// The pluginConfig's `digest` differs from the blob's.
+    #[error("pluginConfig digest `{declared}` does not match the blob's `{actual}`")]
+    ConfigDigestMismatch {
+        /// Declared in the pluginConfig.
+        declared: String,
+        /// Computed from the blob.
+        actual: String,
+    },
+}
+
+/// The JSON object that goes verbatim into a WasmPlugin's `spec.pluginConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Policy name, for logs.
+    pub name: String,
+    /// `sha256:<hex>` of the blob payload: the policy version.
+    pub digest: String,
+    /// The blob, standard base64.
+    pub policy: String,
+}
+
+fn digest_of(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Encodes a compiled policy; returns the blob and its digest string.
+pub fn encode(policy: &CompiledPolicy) -> Result<(Vec<u8>, String), DecodeError> {
+    let payload = postcard::to_allocvec(policy).map_err(|e| DecodeError::Payload(e.to_string()))?;
+    let digest = digest_of(&payload);
+    let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
+    blob.extend_from_slice(MAGIC);
+    blob.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    blob.extend_from_slice(&digest);
+    blob.extend_from_slice(&payload);
+    Ok((blob, format!("sha256:{}", hex(&digest))))
+}
+
+/// Decodes and checks a blob; returns the policy and its digest string.
+pub fn decode(blob: &[u8]) -> Result<(CompiledPolicy, String), DecodeError> {
+    let (header, payload) = blob
+        .split_at_checked(HEADER_LEN)
+        .ok_or(DecodeError::TooShort(blob.len()))?;
+    let (magic, rest) = header.split_at(4);
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let (version, digest) = rest.split_at(2);
+    let found = u16::from_le_bytes([
+        version.first().copied().unwrap_or(0),
+        version.get(1).copied().unwrap_or(0),
+    ]);
+    if found != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion { found });
+    }
+    if digest != digest_of(payload) {
+        return Err(DecodeError::DigestMismatch);
+    }
+    let (policy, trailing) = postcard::take_from_bytes::<CompiledPolicy>(payload)
+        .map_err(|e| DecodeError::Payload(e.to_string()))?;
+    if !trailing.is_empty() {
+        return Err(DecodeError::TrailingBytes(trailing.len()));
+    }
+    policy.validate()?;
+    Ok((policy, format!("sha256:{}", hex(digest))))
+}
+
+/// Builds the pluginConfig JSON text for a compiled policy.
+pub fn plugin_config(policy: &CompiledPolicy) -> Result<PluginConfig, DecodeError> {
+    let (blob, digest) = encode(policy)?;
+    Ok(PluginConfig {
+        name: policy.name.clone(),
+        digest,
+        policy: STANDARD.encode(blob),
+    })
+}
+
+/// Reads pluginConfig JSON (as Envoy hands it to the filter) into a ready engine.
+pub fn engine_from_plugin_config(json: &[u8]) -> Result<Engine, DecodeError> {
+    let config: PluginConfig =
+        serde_json::from_slice(json).map_err(|e| DecodeError::PluginConfig(e.to_string()))?;
+    let blob = STANDARD
+        .decode(config.policy.as_bytes())
+        .map_err(|e| DecodeError::PluginConfig(format!("`policy` is not base64: {e}")))?;
+    let (policy, digest) = decode(&blob)?;
+    if config.digest != digest {
+        return Err(DecodeError::ConfigDigestMismatch {
+            declared: config.digest,
+            actual: digest,
+        });
+    }
+    Ok(Engine::new(policy, digest)?)
+}

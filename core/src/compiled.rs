@@ -1,0 +1,383 @@
+//! The compiled policy: what the blob carries and what the engine evaluates.
+//!
+//! Everything here is already validated and resolved by the compiler (names turned into
+//! indices, roles interned, durations in seconds, keys normalised). The decoder
+//! re-validates the cross references ([`CompiledPolicy::validate`]) because a blob is input
+//! like any other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::algorithm::Algorithm;
+use crate::claims::ClaimPath;
+use crate::keys::JwkKey;
+
+/// Whether decisions are enforced or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials are sent to the client.
+    #[default]
+    Enforce,
+    /// Every decision is taken and logged, but the request always continues.
+    Audit,
+}
+
+/// What happens to a request that no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    /// Unmatched requests get 403 `no_rule`.
+    #[default]
+    Deny,
+    /// Unmatched requests pass without identity.
+    Allow,
+}
+
+/// What the filter does with requests for an issuer whose remote keys have not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BeforeFirstFetch {
+    /// Pause the request until the first key set arrives (or the fetch times out).
+    #[default]
+    Hold,
+    /// Answer 503 `keys_unavailable` at once.
+    Reject,
+}
+
+/// A compiled, ready-to-evaluate policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompiledPolicy {
+    /// Human name of the policy (from the file name or `name`).
+    pub name: String,
+    /// Enforce or audit, for the whole policy.
+    pub mode: Mode,
+    /// Outcome for requests that match no rule.
+    pub default: DefaultAction,
+    /// Trusted issuers, referenced by index.
+    pub issuers: Vec<CompiledIssuer>,
+    /// Rules, referenced by index; order carries no meaning.
+    pub rules: Vec<CompiledRule>,
+    /// Interned role and group names; rules refer to them by index.
+    pub roles: Vec<String>,
+    /// Rules indexed by the first path segment they can match.
+    pub path_index: PathIndex,
+    /// Revoked subjects and token ids.
+    pub revoked: Revocations,
+    /// Where the bearer token is looked for, and what is passed upstream.
+    pub token: TokenSettings,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompiledIssuer {
+    /// The policy's name for this issuer (`[issuers.NAME]`).
+    pub name: String,
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted audiences (any of); empty means the audience is not checked.
+    pub audiences: Vec<String>,
+    /// Claims whose values are compared with `audiences` (any of), e.g. `aud`, `azp`.
+    pub audience_claims: Vec<ClaimPath>,
+    /// Algorithms a token may be signed with.
+    pub algorithms: Vec<Algorithm>,
+    /// Inline keys compiled into the blob.
+    pub keys: Vec<JwkKey>,
+    /// HMAC secret, only when explicitly enabled.
+    pub hmac_secret: Option<Vec<u8>>,
+    /// Remote key set, fetched by the filter.
+    pub remote_jwks: Option<RemoteJwks>,
+    /// Tolerated clock difference, seconds.
+    pub clock_skew_secs: u64,
+    /// Whether tokens without `exp` are refused.
+    pub require_expiry: bool,
+    /// Longest accepted `exp - iat` (or `exp - now` without `iat`), seconds.
+    pub max_lifetime_secs: Option<u64>,
+    /// Claims holding role or group names.
+    pub role_claims: Vec<ClaimPath>,
+    /// Claims holding scopes (space-separated strings or arrays).
+    pub scope_claims: Vec<ClaimPath>,
+    /// Claim naming the subject.
+    pub subject_claim: ClaimPath,
+    /// Claims naming the calling client (first present wins).
+    pub client_claims: Vec<ClaimPath>,
+}
+
+/// A JWKS endpoint the filter fetches through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteJwks {
+    /// Full URL of the key set.
+    pub uri: String,
+    /// Envoy cluster that reaches the host of `uri`.
+    pub cluster: String,
+    /// Refresh period, seconds.
+    pub refresh_secs: u64,
+    /// Callout timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Behaviour before the first key set arrives.
+    pub before_first_fetch: BeforeFirstFetch,
+}
+
+/// Whether a rule lets requests through or stops them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Allow the principal the rule names.
+    Allow,
+    /// Deny the principal the rule names, before any allow rule.
+    Deny,
+}
+
+/// A compiled rule: what it matches and whom it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompiledRule {
+    /// Unique rule name.
+    pub name: String,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// Host patterns (any of); empty matches every host.
+    pub hosts: Vec<HostPattern>,
+    /// Upper-case methods (any of); empty matches every method.
+    pub methods: Vec<String>,
+    /// Path patterns (any of); empty matches every path.
+    pub paths: Vec<PathPattern>,
+    /// Header name (lower case) and exact value (all must hold).
+    pub headers: Vec<(String, String)>,
+    /// Whom the rule names.
+    pub principal: Principal,
+    /// A rule in audit mode never blocks.
+    pub audit: bool,
+}
+
+/// A host pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostPattern {
+    /// Exact host, lower case, no port.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`, matches any host ending with it.
+    Suffix(String),
+}
+
+/// A path pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathPattern {
+    /// The exact path.
+    Exact(String),
+    /// `/prefix/*`: stored as `/prefix/`; `/*` alone is stored as `/`.
+    Prefix(String),
+    /// Segments, some capturing a named variable, optionally followed by `/*`.
+    Template {
+        /// The segments after the leading `/`.
+        segments: Vec<Segment>,
+        /// Whether any further segments may follow.
+        open_ended: bool,
+    },
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Segment {
+    /// A literal segment.
+    Literal(String),
+    /// `prefix{var}suffix`: a non-empty capture between fixed text.
+    Capture {
+        /// Text before the variable.
+        prefix: String,
+        /// Variable name.
+        var: String,
+        /// Text after the variable.
+        suffix: String,
+    },
+}
+
+/// Whom a rule names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Principal {
+    /// Everyone, with or without a token.
+    Anyone,
+    /// Callers with a verified token meeting every condition given.
+    Authenticated(Requirement),
+}
+
+/// Conditions on a verified identity; every non-empty list must hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Requirement {
+    /// Issuer indices (any of); empty accepts every issuer.
+    pub issuers: Vec<u32>,
+    /// Subjects (any of).
+    pub subjects: Vec<String>,
+    /// At least one of these roles.
+    pub roles_any: Vec<RoleRef>,
+    /// Every one of these roles.
+    pub roles_all: Vec<RoleRef>,
+    /// At least one of these scopes.
+    pub scopes_any: Vec<String>,
+    /// Every one of these scopes.
+    pub scopes_all: Vec<String>,
+}
+
+/// A role a rule asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoleRef {
+    /// Index into [`CompiledPolicy::roles`].
+    Interned(u32),
+    /// A name filled in from path captures, e.g. `model.{model}.invoke`.
+    Template(Vec<TemplatePart>),
+}
+
+/// A piece of a role template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplatePart {
+    /// Fixed text.
+    Text(String),
+    /// The value captured for this path variable.
+    Var(String),
+}
+
+/// Rules indexed by the first path segment they can match.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PathIndex {
+    /// First literal segment → rule indices, sorted by segment.
+    pub by_first_segment: Vec<(String, Vec<u32>)>,
+    /// Rules that can match any first segment.
+    pub any: Vec<u32>,
+}
+
+/// The revocation list.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Revocations {
+    /// Revoked subjects (compared with the subject claim).
+    pub subjects: Vec<String>,
+    /// Revoked token ids (`jti`).
+    pub token_ids: Vec<String>,
+}
+
+/// Token extraction and upstream identity settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSettings {
+    /// Request headers (lower case) that may carry `Bearer <token>`, in order.
+    pub headers: Vec<String>,
+    /// Whether the token header is passed to the upstream after a decision.
+    pub forward_token: bool,
+    /// Prefix of identity headers the filter owns: stripped from every request.
+    pub identity_header_prefix: String,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            headers: vec!["authorization".to_owned()],
+            forward_token: true,
+            identity_header_prefix: "x-claimgate-".to_owned(),
+        }
+    }
+}
+
+/// A blob whose internal references do not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StructureError {
+    /// A rule names an issuer index past the end.
+    #[error("rule `{rule}` refers to issuer #{index}, but the policy has {count}")]
+    IssuerIndex {
+        /// Rule name.
+        rule: String,
+        /// Offending index.
+        index: u32,
+        /// Number of issuers.
+        count: usize,
+    },
+    /// A rule names a role index past the end.
+    #[error("rule `{rule}` refers to role #{index}, but the policy has {count}")]
+    RoleIndex {
+        /// Rule name.
+        rule: String,
+        /// Offending index.
+        index: u32,
+        /// Number of roles.
+        count: usize,
+    },
+    /// The path index names a rule past the end.
+    #[error("path index refers to rule #{index}, but the policy has {count}")]
+    RuleIndex {
+        /// Offending index.
+        index: u32,
+        /// Number of rules.
+        count: usize,
+    },
+    /// A rule is missing from the path index, so it could never match.
+    #[error("rule `{rule}` is not in the path index")]
+    UnindexedRule {
+        /// Rule name.
+        rule: String,
+    },
+    /// An issuer has an algorithm list that is empty.
+    #[error("issuer `{issuer}` allows no algorithm")]
+    NoAlgorithm {
+        /// Issuer name.
+        issuer: String,
+    },
+}
+
+impl CompiledPolicy {
+    /// Checks that every index in the policy points at something.
+    pub fn validate(&self) -> Result<(), StructureError> {
+        let issuer_count = self.issuers.len();
+        let role_count = self.roles.len();
+        for issuer in &self.issuers {
+            if issuer.algorithms.is_empty() {
+                return Err(StructureError::NoAlgorithm {
+                    issuer: issuer.name.clone(),
+                });
+            }
+        }
+        for rule in &self.rules {
+            if let Principal::Authenticated(req) = &rule.principal {
+                if let Some(&index) = req.issuers.iter().find(|&&i| i as usize >= issuer_count) {
+                    return Err(StructureError::IssuerIndex {
+                        rule: rule.name.clone(),
+                        index,
+                        count: issuer_count,
+                    });
+                }
+                for role in req.roles_any.iter().chain(&req.roles_all) {
+                    if let RoleRef::Interned(index) = role {
+                        if *index as usize >= role_count {
+                            return Err(StructureError::RoleIndex {
+                                rule: rule.name.clone(),
+                                index: *index,
+                                count: role_count,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut indexed = vec![false; self.rules.len()];
+        let all_entries = self
+            .path_index
+            .by_first_segment
+            .iter()
+            .flat_map(|(_, ids)| ids)
+            .chain(&self.path_index.any);
+        for &index in all_entries {
+            match indexed.get_mut(index as usize) {
+                Some(seen) => *seen = true,
+                None => {
+                    return Err(StructureError::RuleIndex {
+                        index,
+                        count: self.rules.len(),
+                    });
+                }
+            }
+        }
+        if let Some(position) = indexed.iter().position(|seen| !seen) {
+            let rule = self
+                .rules
+                .get(position)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            return Err(StructureError::UnindexedRule { rule });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,431 @@
+//! Why a request was denied, and the one table that turns a reason into an HTTP answer.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What is wrong with a token's encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Malformed {
+    /// Not three dot-separated parts.
+    NotThreeParts,
+    /// The token is longer than the filter accepts.
+    TooLong {
+        /// Length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A part is not base64url.
+    BadBase64 {
+        /// `header`, `payload` or `signature`.
+        part: &'static str,
+    },
+    /// A part is not a JSON object.
+    BadJson {
+        /// `header` or `payload`.
+        part: &'static str,
+    },
+    /// The header has no string `alg`.
+    MissingAlg,
+    /// A registered claim has the wrong type.
+    ClaimType {
+        /// Claim name.
+        claim: &'static str,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The token has no `iss`.
+    MissingIssuer,
+    /// The verifier refused the token's structure (e.g. a `crit` header or a non-JWT `typ`).
+    Refused {
+        /// The verifier's words.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::NotThreeParts => {
+                f.write_str("token is not three base64url parts separated by dots")
+            }
+            Malformed::TooLong { len, max } => write!(f, "token is {len} bytes, longer than {max}"),
+            Malformed::BadBase64 { part } => write!(f, "token {part} is not base64url"),
+            Malformed::BadJson { part } => write!(f, "token {part} is not a JSON object"),
+            Malformed::MissingAlg => f.write_str("token header has no `alg`"),
+            Malformed::ClaimType { claim, expected } => {
+                write!(f, "claim `{claim}` is not {expected}")
+            }
+            Malformed::MissingIssuer => f.write_str("token has no `iss` claim"),
+            Malformed::Refused { detail } => write!(f, "token refused: {detail}"),
+        }
+    }
+}
+
+/// Why a request is denied. Every variant maps to exactly one status in [`DenyReason::status`].
+///
+/// Fields carry what an operator needs to fix the problem; none carries the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The rule needs an identity and the request carries no bearer token.
+    NoToken,
+    /// The token could not be decoded.
+    Malformed(Malformed),
+    /// The token's `alg` is not one the issuer allows (includes `none`).
+    AlgorithmNotAllowed {
+        /// The `alg` in the token header.
+        alg: String,
+    },
+    /// No configured issuer has this `iss`.
+    UnknownIssuer {
+        /// The token's `iss`.
+        iss: String,
+    },
+    /// No key of the issuer matches the token's `kid` and `alg`.
+    UnknownKey {
+        /// The token's `kid`, if any.
+        kid: Option<String>,
+    },
+    /// The issuer's remote key set has not been fetched yet.
+    KeysUnavailable {
+        /// Issuer name.
+        issuer: String,
+    },
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` is past, beyond the clock skew.
+    Expired {
+        /// The token's `exp`.
+        exp: u64,
+        /// The clock.
+        now: u64,
+        /// Tolerated skew, seconds.
+        skew: u64,
+    },
+    /// `nbf` (or `iat`) is in the future, beyond the clock skew.
+    NotYetValid {
+        /// The claim checked, `nbf` or `iat`.
+        claim: &'static str,
+        /// Its value.
+        at: u64,
+        /// The clock.
+        now: u64,
+        /// Tolerated skew, seconds.
+        skew: u64,
+    },
+    /// The token has no `exp` and the issuer requires one.
+    MissingExpiry,
+    /// The token's lifetime is longer than the issuer allows.
+    LifetimeTooLong {
+        /// The token's lifetime, seconds.
+        lifetime: u64,
+        /// The allowed maximum, seconds.
+        max: u64,
+    },
+    /// No audience claim names an accepted audience.
+    WrongAudience {
+        /// The audiences the token names (bounded in length).
+        got: Vec<String>,
+    },
+    /// The subject or token id is on the revocation list.
+    Revoked {
+        /// `subject` or `token_id`.
+        what: &'static str,
+    },
+    /// The rule does not accept this issuer.
+    IssuerNotAllowed {
+        /// The rule.
+        rule: String,
+        /// The token's issuer (policy name).
+        issuer: String,
+    },
+    /// The rule does not name this subject.
+    SubjectNotAllowed {
+        /// The rule.
+        rule: String,
+    },
+    /// The identity lacks a role the rule asks for.
+    MissingRole {
+        /// The rule.
+        rule: String,
+        /// The roles asked for (any of, or all of).
+        required: Vec<String>,
+        /// Whether all were required.
+        all: bool,
+    },
+    /// The identity lacks a scope the rule asks for.
+    MissingScope {
+        /// The rule.
+        rule: String,
+        /// The scopes asked for.
+        required: Vec<String>,
+        /// Whether all were required.
+        all: bool,
+    },
+    /// Entra ID left the groups out of the token (more than 200): roles cannot be decided.
+    GroupsOverage {
+        /// The rule.
+        rule: String,
+        /// The claim that overflowed.
+        claim: String,
+    },
+    /// An explicit deny rule matched.
+    ExplicitDeny {
+        /// The deny rule.
+        rule: String,
+    },
+    /// No rule matches the request and the default is deny.
+    NoRuleMatched,
+    /// The path is not normalised (dot segments, encoded slashes): refused rather than guessed.
+    UnnormalizedPath,
+}
+
+/// The HTTP answer for a denial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `WWW-Authenticate` value, for 401 and insufficient-scope 403.
+    pub www_authenticate: Option<String>,
+}
+
+impl DenyReason {
+    /// Stable machine-readable code (metrics, logs, response bodies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::NoToken => "no_token",
+            DenyReason::Malformed(_) => "malformed_token",
+            DenyReason::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
+            DenyReason::UnknownIssuer { .. } => "unknown_issuer",
+            DenyReason::UnknownKey { .. } => "unknown_key",
+            DenyReason::KeysUnavailable { .. } => "keys_unavailable",
+            DenyReason::BadSignature => "bad_signature",
+            DenyReason::Expired { .. } => "expired",
+            DenyReason::NotYetValid { .. } => "not_yet_valid",
+            DenyReason::MissingExpiry => "missing_expiry",
+            DenyReason::LifetimeTooLong { .. } => "lifetime_too_long",
+            DenyReason::WrongAudience { .. } => "wrong_audience",
+            DenyReason::Revoked { .. } => "revoked",
+            DenyReason::IssuerNotAllowed { .. } => "issuer_not_allowed",
+            DenyReason::SubjectNotAllowed { .. } => "subject_not_allowed",
+            DenyReason::MissingRole { .. } => "missing_role",
+            DenyReason::MissingScope { .. } => "missing_scope",
+            DenyReason::GroupsOverage { .. } => "groups_overage",
+            DenyReason::ExplicitDeny { .. } => "explicit_deny",
+            DenyReason::NoRuleMatched => "no_rule",
+            DenyReason::UnnormalizedPath => "unnormalized_path",
+        }
+    }
+
+    /// Every code, for metric registration.
+    pub const ALL_CODES: [&'static str; 21] = [
+        "no_token",
+        "malformed_token",
+        "algorithm_not_allowed",
+        "unknown_issuer",
+        "unknown_key",
+        "keys_unavailable",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "missing_expiry",
+        "lifetime_too_long",
+        "wrong_audience",
+        "revoked",
+        "issuer_not_allowed",
+        "subject_not_allowed",
+        "missing_role",
+        "missing_scope",
+        "groups_overage",
+        "explicit_deny",
+        "no_rule",
+        "unnormalized_path",
+    ];
+
+    /// The status and `WWW-Authenticate` header: the single place that decides them.
+    pub fn response(&self) -> Response {
+        let invalid_token = |description: &str| Response {
+            status: 401,
+            www_authenticate: Some(format!(
+                "Bearer error=\"invalid_token\", error_description=\"{description}\""
+            )),
+        };
+        let forbidden = Response {
+            status: 403,
+            www_authenticate: None,
+        };
+        match self {
+            // RFC 6750 §3.1: no error code when the request carried no credentials.
+            DenyReason::NoToken => Response {
+                status: 401,
+                www_authenticate: Some("Bearer".to_owned()),
+            },
+            DenyReason::Malformed(_) => invalid_token("malformed token"),
+            DenyReason::AlgorithmNotAllowed { .. } => invalid_token("algorithm not allowed"),
+            DenyReason::UnknownIssuer { .. } => invalid_token("unknown issuer"),
+            DenyReason::UnknownKey { .. } => invalid_token("unknown signing key"),
+            DenyReason::BadSignature => invalid_token("signature verification failed"),
+            DenyReason::Expired { .. } => invalid_token("token expired"),
+            DenyReason::NotYetValid { .. } => invalid_token("token not yet valid"),
+            DenyReason::MissingExpiry => invalid_token("token has no expiry"),
+            DenyReason::LifetimeTooLong { .. } => invalid_token("token lifetime too long"),
+            DenyReason::WrongAudience { .. } => invalid_token("audience not allowed"),
+            DenyReason::Revoked { .. } => invalid_token("token revoked"),
+            DenyReason::KeysUnavailable { .. } => Response {
+                status: 503,
+                www_authenticate: None,
+            },
+            DenyReason::MissingScope { required, .. } => Response {
+                status: 403,
+                www_authenticate: Some(format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    required.join(" ")
+                )),
+            },
+            DenyReason::IssuerNotAllowed { .. }
+            | DenyReason::SubjectNotAllowed { .. }
+            | DenyReason::MissingRole { .. }
+            | DenyReason::GroupsOverage { .. }
+            | DenyReason::ExplicitDeny { .. }
+            | DenyReason::NoRuleMatched => forbidden,
+            DenyReason::UnnormalizedPath => Response {
+                status: 400,
+                www_authenticate: None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NoToken => f.write_str("no bearer token"),
+            DenyReason::Malformed(m) => write!(f, "malformed token: {m}"),
+            DenyReason::AlgorithmNotAllowed { alg } => {
+                write!(f, "algorithm `{alg}` is not allowed")
+            }
+            DenyReason::UnknownIssuer { iss } => write!(f, "issuer `{iss}` is not trusted"),
+            DenyReason::UnknownKey { kid: Some(kid) } => {
+                write!(f, "no key with kid `{kid}` fits the token")
+            }
+            DenyReason::UnknownKey { kid: None } => f.write_str("no key fits the token"),
+            DenyReason::KeysUnavailable { issuer } => {
+                write!(f, "keys of issuer `{issuer}` are not available yet")
+            }
+            DenyReason::BadSignature => f.write_str("signature does not verify"),
+            DenyReason::Expired { exp, now, skew } => write!(
+                f,
+                "token expired at {exp}, now is {now} ({}s late, skew {skew}s)",
+                now.saturating_sub(*exp)
+            ),
+            DenyReason::NotYetValid {
+                claim,
+                at,
+                now,
+                skew,
+            } => write!(
+                f,
+                "`{claim}` is {at}, now is {now} ({}s early, skew {skew}s)",
+                at.saturating_sub(*now)
+            ),
+            DenyReason::MissingExpiry => f.write_str("token has no `exp`"),
+            DenyReason::LifetimeTooLong { lifetime, max } => {
+                write!(f, "token lifetime {lifetime}s exceeds {max}s")
+            }
+            DenyReason::WrongAudience { got } => write!(f, "audience {got:?} is not accepted"),
+            DenyReason::Revoked { what } => write!(f, "{what} is revoked"),
+            DenyReason::IssuerNotAllowed { rule, issuer } => {
+                write!(f, "rule `{rule}` does not accept issuer `{issuer}`")
+            }
+            DenyReason::SubjectNotAllowed { rule } => {
+                write!(f, "rule `{rule}` does not name this subject")
+            }
+            DenyReason::MissingRole {
+                rule,
+                required,
+                all,
+            } => write!(
+                f,
+                "rule `{rule}` needs {} of roles {required:?}",
+                if *all { "all" } else { "one" }
+            ),
+            DenyReason::MissingScope {
+                rule,
+                required,
+                all,
+            } => write!(
+                f,
+                "rule `{rule}` needs {} of scopes {required:?}",
+                if *all { "all" } else { "one" }
+            ),
+            DenyReason::GroupsOverage { rule, claim } => write!(
+                f,
+                "rule `{rule}` needs roles but the token's `{claim}` claim overflowed (Entra groups overage)"
+            ),
+            DenyReason::ExplicitDeny { rule } => write!(f, "denied by rule `{rule}`"),
+            DenyReason::NoRuleMatched => f.write_str("no rule matches the request"),
+            DenyReason::UnnormalizedPath => f.write_str("path is not normalised"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentication_failures_are_401_with_invalid_token() {
+        for reason in [
+            DenyReason::BadSignature,
+            DenyReason::Expired {
+                exp: 1,
+                now: 2,
+                skew: 0,
+            },
+            DenyReason::UnknownIssuer { iss: "x".into() },
+            DenyReason::Revoked { what: "subject" },
+        ] {
+            let r = reason.response();
+            assert_eq!(r.status, 401, "{reason:?}");
+            assert!(r.www_authenticate.unwrap().contains("invalid_token"));
+        }
+        let r = DenyReason::NoToken.response();
+        assert_eq!(
+            (r.status, r.www_authenticate.as_deref()),
+            (401, Some("Bearer"))
+        );
+    }
+
+    #[test]
+    fn authorization_failures_are_403() {
+        let r = DenyReason::MissingScope {
+            rule: "r".into(),
+            required: vec!["a".into(), "b".into()],
+            all: true,
+        }
+        .response();
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.www_authenticate.as_deref(),
+            Some("Bearer error=\"insufficient_scope\", scope=\"a b\"")
+        );
+        assert_eq!(DenyReason::NoRuleMatched.response().status, 403);
+        assert_eq!(
+            DenyReason::KeysUnavailable { issuer: "i".into() }
+                .response()
+                .status,
+            503
+        );
+    }
+
+    #[test]
+    fn codes_are_listed_once() {
+        let mut codes = DenyReason::ALL_CODES.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), DenyReason::ALL_CODES.len());
+    }
+}

@@ -1,0 +1,453 @@
+//! The `claimgate` CLI as a library: one function per subcommand, a thin `main`.
+//!
+//! Exit codes (stable, for scripts and CI):
+//! - `0`: success; for `explain`, the request is allowed; for `test`, every case passed
+//! - `1`: usage or I/O error (unreadable file, bad argument)
+//! - `2`: `explain`: the request is denied; `test`: a case failed
+//! - `3`: the policy is invalid (or has warnings, with `--deny-warnings`)
+#![forbid(unsafe_code)]
+
+pub mod cases;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use claimgate_core::blob::{self, PluginConfig};
+use claimgate_core::compile::{self, Compiled, Diagnostic, Severity};
+use claimgate_core::engine::{Decision, Engine, RemoteKeys, Request};
+use claimgate_core::keys::{KeySet, parse_jwks};
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses of the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success / allowed / all tests passed.
+    Ok = 0,
+    /// Usage or I/O error.
+    Usage = 1,
+    /// Denied / a test failed.
+    Denied = 2,
+    /// Invalid policy.
+    InvalidPolicy = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// claimgate: compile, check, explain and test claimgate policies.
+#[derive(Debug, Parser)]
+#[command(name = "claimgate", version, about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy.")]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a TOML policy into the pluginConfig JSON a WasmPlugin carries.
+    Compile(CompileArgs),
+    /// Check a policy and report every problem with file, line and column.
+    Check(CheckArgs),
+    /// Show the decision the filter takes for a request and token, with every check.
+    Explain(ExplainArgs),
+    /// Run policy unit tests (requests + claims or tokens → expected decisions).
+    Test(TestArgs),
+}
+
+/// `compile` arguments.
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// Write the pluginConfig JSON here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Fail on warnings too.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// `check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// Print diagnostics as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 3 on warnings too.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// `explain` arguments.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The policy file (TOML) or compiled pluginConfig JSON (`.json`).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The bearer token, or `@FILE` to read it from a file. Leave out for a request without one.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Request path (with query, as sent).
+    #[arg(long)]
+    pub path: String,
+    /// Host / authority.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// Extra request header, `NAME=VALUE` (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Clock, UNIX seconds (default: now).
+    #[arg(long)]
+    pub now: Option<u64>,
+    /// Key set for an issuer with a remote `jwks_uri`, `ISSUER=FILE` (repeatable).
+    #[arg(long = "jwks", value_name = "ISSUER=FILE")]
+    pub jwks: Vec<String>,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `test` arguments.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// The test cases file (TOML).
+    pub cases: PathBuf,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Errors that end a command before it answers.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The policy did not compile; diagnostics were printed.
+    #[error("policy is invalid")]
+    InvalidPolicy(Vec<Diagnostic>),
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    fn exit(&self) -> Exit {
+        match self {
+            CliError::InvalidPolicy(_) => Exit::InvalidPolicy,
+            CliError::Io { .. } | CliError::Usage(_) => Exit::Usage,
+        }
+    }
+}
+
+/// Reads a file with its name in the error.
+pub fn read_file(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Compiles a policy file, reading JWKS files relative to it.
+pub fn compile_file(path: &Path) -> Result<Compiled, CliError> {
+    let text = read_file(path)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let reader =
+        move |name: &str| std::fs::read_to_string(base.join(name)).map_err(|e| e.to_string());
+    compile::compile(&text, &path.display().to_string(), &reader).map_err(CliError::InvalidPolicy)
+}
+
+/// Loads an engine from a TOML policy or a compiled pluginConfig JSON file.
+pub fn load_engine(path: &Path) -> Result<Engine, CliError> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let text = read_file(path)?;
+        return blob::engine_from_plugin_config(text.as_bytes())
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())));
+    }
+    let compiled = compile_file(path)?;
+    engine_from(&compiled)
+}
+
+/// Builds the engine exactly as the filter does: encode, then decode the pluginConfig.
+pub fn engine_from(compiled: &Compiled) -> Result<Engine, CliError> {
+    let config =
+        blob::plugin_config(&compiled.policy).map_err(|e| CliError::Usage(e.to_string()))?;
+    let json = serde_json::to_vec(&config).map_err(|e| CliError::Usage(e.to_string()))?;
+    blob::engine_from_plugin_config(&json).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+}
+
+/// `compile`.
+pub fn cmd_compile(args: &CompileArgs) -> Result<Exit, CliError> {
+    let compiled = compile_file(&args.policy)?;
+    print_diagnostics(&compiled.warnings);
+    if args.deny_warnings && !compiled.warnings.is_empty() {
+        return Err(CliError::InvalidPolicy(Vec::new()));
+    }
+    let config: PluginConfig =
+        blob::plugin_config(&compiled.policy).map_err(|e| CliError::Usage(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&config).map_err(|e| CliError::Usage(e.to_string()))?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n")).map_err(|source| CliError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            eprintln!(
+                "wrote {} ({} rules, {} issuers, version {})",
+                path.display(),
+                compiled.policy.rules.len(),
+                compiled.policy.issuers.len(),
+                config.digest
+            );
+        }
+        None => println!("{json}"),
+    }
+    Ok(Exit::Ok)
+}
+
+/// `check`.
+pub fn cmd_check(args: &CheckArgs) -> Result<Exit, CliError> {
+    let mut diagnostics = match compile_file(&args.policy) {
+        Ok(compiled) => compiled.warnings,
+        Err(CliError::InvalidPolicy(diagnostics)) => diagnostics,
+        Err(other) => return Err(other),
+    };
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics.len() - errors;
+    if args.json {
+        let out = serde_json::json!({ "errors": errors, "warnings": warnings, "diagnostics": diagnostics });
+        println!("{out:#}");
+    } else {
+        print_diagnostics(&diagnostics);
+        eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            args.policy.display()
+        );
+    }
+    Ok(if errors > 0 || (args.deny_warnings && warnings > 0) {
+        Exit::InvalidPolicy
+    } else {
+        Exit::Ok
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads `@file` or returns the text itself, trimmed.
+pub fn token_argument(text: &str) -> Result<String, CliError> {
+    match text.strip_prefix('@') {
+        Some(path) => Ok(read_file(Path::new(path))?.trim().to_owned()),
+        None => Ok(text.trim().to_owned()),
+    }
+}
+
+/// Parses `NAME=VALUE` pairs into lower-case header names.
+pub fn header_pairs(list: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    list.iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("`{pair}` is not NAME=VALUE")))
+        })
+        .collect()
+}
+
+/// Loads `ISSUER=FILE` key sets for remote-JWKS issuers.
+pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliError> {
+    let mut remote = RemoteKeys::default();
+    for pair in list {
+        let (name, file) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("`{pair}` is not ISSUER=FILE")))?;
+        let (index, issuer) = engine
+            .policy()
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == name)
+            .ok_or_else(|| CliError::Usage(format!("no issuer `{name}` in the policy")))?;
+        let parsed = parse_jwks(&read_file(Path::new(file))?)
+            .map_err(|e| CliError::Usage(format!("{file}: {e}")))?;
+        remote.set(index, KeySet::prepare(&parsed.keys, &issuer.algorithms));
+    }
+    Ok(remote)
+}
+
+/// The status the filter answers with for a decision.
+pub fn status_of(decision: &Decision) -> u16 {
+    match (&decision.reason, decision.passes()) {
+        (_, true) | (None, _) => 200,
+        (Some(reason), false) => reason.response().status,
+    }
+}
+
+/// Renders a decision for people.
+pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
+    let status = decision
+        .reason
+        .as_ref()
+        .map_or(200, |r| r.response().status);
+    let _ = write!(out, "decision: {verdict}");
+    if let Some(reason) = &decision.reason {
+        let _ = write!(out, " {status} {}", reason.code());
+    }
+    if !decision.enforced {
+        let _ = write!(out, " (audit mode: the request passes)");
+    }
+    let _ = writeln!(out);
+    if let Some(reason) = &decision.reason {
+        let _ = writeln!(out, "reason:   {reason}");
+        if let Some(header) = reason.response().www_authenticate {
+            let _ = writeln!(out, "header:   WWW-Authenticate: {header}");
+        }
+    }
+    let _ = writeln!(out, "rule:     {}", decision.rule.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "matched:  {:?}", decision.matched_rules);
+    if !decision.captures.is_empty() {
+        let _ = writeln!(out, "captures: {:?}", decision.captures);
+    }
+    if let Some(id) = &decision.identity {
+        let _ = writeln!(
+            out,
+            "identity: issuer={} subject={} client={} roles={:?} scopes={:?}",
+            id.issuer,
+            id.subject,
+            id.client.as_deref().unwrap_or("-"),
+            id.roles,
+            id.scopes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "policy:   {} {}",
+        engine.policy().name,
+        engine.digest()
+    );
+    let _ = writeln!(out, "checks:");
+    for check in &decision.checks {
+        let mark = if check.passed { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "  {mark} {:<11} {}", check.check, check.detail);
+    }
+    out
+}
+
+/// `explain`.
+pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
+    let engine = load_engine(&args.policy)?;
+    let remote = remote_keys(&engine, &args.jwks)?;
+    let mut headers = header_pairs(&args.headers)?;
+    if let Some(token) = &args.token {
+        let token = token_argument(token)?;
+        // The token goes in the first configured header, as a client would send it.
+        let name = engine
+            .policy()
+            .token
+            .headers
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "authorization".to_owned());
+        headers.push((name, format!("Bearer {token}")));
+    }
+    let request = Request {
+        method: &args.method,
+        host: &args.host,
+        path: &args.path,
+        headers: &headers,
+    };
+    let mut checks = Vec::new();
+    let decision = engine.decide(
+        &request,
+        args.now.unwrap_or_else(now_secs),
+        &remote,
+        Some(&mut checks),
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "status": status_of(&decision),
+            "code": decision.reason.as_ref().map(|r| r.code()),
+            "message": decision.reason.as_ref().map(|r| r.to_string()),
+            "www_authenticate": decision.reason.as_ref().and_then(|r| r.response().www_authenticate),
+            "policy_version": engine.digest(),
+            "decision": decision,
+        });
+        println!("{out:#}");
+    } else {
+        print!("{}", render_decision(&decision, &engine));
+    }
+    Ok(if decision.allowed {
+        Exit::Ok
+    } else {
+        Exit::Denied
+    })
+}
+
+/// Parses the arguments and runs the command; prints errors; returns the exit code.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
+        }
+    };
+    let result = match &cli.command {
+        Command::Compile(args) => cmd_compile(args),
+        Command::Check(args) => cmd_check(args),
+        Command::Explain(args) => cmd_explain(args),
+        Command::Test(args) => cases::cmd_test(args),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            if let CliError::InvalidPolicy(diagnostics) = &error {
+                print_diagnostics(diagnostics);
+            }
+            eprintln!("claimgate: {error}");
+            error.exit().into()
+        }
+    }
+}
