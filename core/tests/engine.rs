@@ -1,0 +1,412 @@
+//! Decision engine tests with real signed tokens: every deny reason, through the blob, as
+//! the filter would take them.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use claimgate_core::blob;
+use claimgate_core::compile::compile;
+use claimgate_core::engine::{Decision, Engine, RemoteKeys, Request};
+use claimgate_core::keys::{KeySet, parse_jwks};
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+const NOW: u64 = 1_800_000_000;
+const KC: &str = "https://login.example.com/realms/ml";
+const ENTRA: &str = "https://login.microsoftonline.com/tid/v2.0";
+
+struct Fixture {
+    kc: ES256KeyPair,
+    kc_other: ES256KeyPair,
+    entra: ES256KeyPair,
+    engine: Engine,
+}
+
+fn jwks(keys: &[(&ES256KeyPair, &str)]) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(k, kid)| {
+            let point = k.public_key().public_key().to_bytes_uncompressed();
+            json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                   "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+const POLICY: &str = r#"
+version = 1
+[issuers.keycloak]
+issuer = "https://login.example.com/realms/ml"
+audiences = ["azureml-scoring"]
+audience_claims = ["aud", "azp"]
+algorithms = ["ES256"]
+max_lifetime = "2h"
+roles = ["realm_access.roles", "resource_access.azureml-scoring.roles"]
+scopes = ["scope"]
+[issuers.keycloak.jwks]
+file = "kc.json"
+
+[issuers.entra]
+issuer = "https://login.microsoftonline.com/tid/v2.0"
+audiences = ["https://ml.azure.com"]
+algorithms = ["ES256"]
+roles = ["roles", "groups"]
+scopes = ["scp"]
+subject_claim = "oid"
+[issuers.entra.jwks]
+file = "entra.json"
+
+[[rules]]
+name = "fraud-blue"
+hosts = ["fraud.westeurope.inference.ml.azure.com"]
+methods = ["POST"]
+paths = ["/score"]
+headers = { "azureml-model-deployment" = "blue" }
+allow = { issuers = ["keycloak", "entra"], roles_any = ["ml-scorer"] }
+
+[[rules]]
+name = "kserve"
+paths = ["/v1/models/{model}:predict", "/v2/models/{model}/infer"]
+allow = { roles_any = ["model.{model}.invoke", "ml-admin"] }
+
+[[rules]]
+name = "scoped"
+paths = ["/scoped"]
+allow = { scopes_all = ["score:write"] }
+
+[[rules]]
+name = "entra-only"
+paths = ["/entra"]
+allow = { issuers = ["entra"] }
+
+[[rules]]
+name = "health"
+paths = ["/", "/v2/health/*"]
+allow = "anyone"
+
+[[rules]]
+name = "no-interns"
+paths = ["/v2/models/{model}/infer"]
+deny = { roles_any = ["intern"] }
+
+[[rules]]
+name = "retired"
+paths = ["/v1/models/legacy:predict"]
+deny = "anyone"
+
+[[rules]]
+name = "shadow-test"
+paths = ["/audited/*"]
+audit = true
+allow = { roles_any = ["auditor"] }
+
+[revoked]
+subjects = ["retired-pipeline"]
+token_ids = ["leaked-jti"]
+"#;
+
+fn fixture() -> Fixture {
+    let kc = ES256KeyPair::generate().with_key_id("kc-1");
+    let kc_other = ES256KeyPair::generate().with_key_id("kc-1");
+    let entra = ES256KeyPair::generate().with_key_id("entra-1");
+    let files: HashMap<&str, String> =
+        HashMap::from([("kc.json", jwks(&[(&kc, "kc-1")])), ("entra.json", jwks(&[(&entra, "entra-1")]))]);
+    let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
+    let compiled = compile(POLICY, "policy.toml", &reader).unwrap();
+    let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
+    let engine = blob::engine_from_plugin_config(&config).unwrap();
+    Fixture { kc, kc_other, entra, engine }
+}
+
+fn claims(extra: Value) -> JWTClaims<serde_json::Map<String, Value>> {
+    let mut base = json!({"iss": KC, "sub": "alice", "azp": "azureml-scoring", "aud": "account",
+                          "iat": NOW - 10, "exp": NOW + 600,
+                          "realm_access": {"roles": ["ml-scorer"]}});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    serde_json::from_value(base).unwrap()
+}
+
+fn decide(f: &Fixture, method: &str, host: &str, path: &str, headers: &[(&str, &str)], token: Option<&str>) -> Decision {
+    let mut headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if let Some(token) = token {
+        headers.push(("authorization".into(), format!("Bearer {token}")));
+    }
+    let request = Request { method, host, path, headers: &headers };
+    let mut trace = Vec::new();
+    f.engine.decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace))
+}
+
+fn code(d: &Decision) -> &'static str {
+    d.reason.as_ref().map_or("allow", |r| r.code())
+}
+
+fn status(d: &Decision) -> u16 {
+    d.reason.as_ref().map_or(200, |r| r.response().status)
+}
+
+fn sign(key: &ES256KeyPair, extra: Value) -> String {
+    key.sign(claims(extra)).unwrap()
+}
+
+const AML: &str = "fraud.westeurope.inference.ml.azure.com";
+const BLUE: &[(&str, &str)] = &[("azureml-model-deployment", "blue")];
+
+#[test]
+fn keycloak_token_with_realm_role_is_allowed_via_azp() {
+    let f = fixture();
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&sign(&f.kc, json!({}))));
+    assert!(d.allowed, "{:?}", d.reason);
+    assert_eq!(d.rule.as_deref(), Some("fraud-blue"));
+    let id = d.identity.unwrap();
+    assert_eq!((id.issuer.as_str(), id.subject.as_str()), ("keycloak", "alice"));
+    assert_eq!(id.client.as_deref(), Some("azureml-scoring"));
+}
+
+#[test]
+fn keycloak_client_role_counts() {
+    let f = fixture();
+    let t = sign(&f.kc, json!({"realm_access": null, "resource_access": {"azureml-scoring": {"roles": ["ml-scorer"]}}}));
+    assert!(decide(&f, "POST", AML, "/score", BLUE, Some(&t)).allowed);
+}
+
+#[test]
+fn entra_token_with_app_role() {
+    let f = fixture();
+    let t = sign(&f.entra, json!({"iss": ENTRA, "aud": "https://ml.azure.com", "oid": "obj-1", "roles": ["ml-scorer"], "realm_access": null}));
+    let d = decide(&f, "POST", &format!("{AML}:443"), "/score", BLUE, Some(&t));
+    assert!(d.allowed, "{:?}", d.reason);
+    assert_eq!(d.identity.unwrap().subject, "obj-1");
+}
+
+#[test]
+fn entra_groups_overage_is_its_own_reason() {
+    let f = fixture();
+    let t = sign(&f.entra, json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null,
+        "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}}));
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&t));
+    assert_eq!((code(&d), status(&d)), ("groups_overage", 403));
+}
+
+#[test]
+fn every_authentication_failure_has_its_reason() {
+    let f = fixture();
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no token", None, "no_token"),
+        ("garbled", Some("not-a-jwt".into()), "malformed_token"),
+        ("unknown issuer", Some(sign(&f.kc, json!({"iss": "https://evil.example.com"}))), "unknown_issuer"),
+        ("wrong audience", Some(sign(&f.kc, json!({"azp": "other-client"}))), "wrong_audience"),
+        ("expired", Some(sign(&f.kc, json!({"iat": NOW - 4000, "exp": NOW - 3000}))), "expired"),
+        ("not yet valid", Some(sign(&f.kc, json!({"nbf": NOW + 3000}))), "not_yet_valid"),
+        ("issued in the future", Some(sign(&f.kc, json!({"iat": NOW + 3000, "exp": NOW + 4000}))), "not_yet_valid"),
+        ("lifetime too long", Some(sign(&f.kc, json!({"iat": NOW - 10, "exp": NOW + 86_400}))), "lifetime_too_long"),
+        ("no exp", Some(sign(&f.kc, json!({"exp": null}))), "missing_expiry"),
+        ("bad signature", Some(sign(&f.kc_other, json!({})) ), "bad_signature"),
+        ("unknown kid", Some(ES256KeyPair::from_bytes(&f.kc.to_bytes()).unwrap().with_key_id("rotated-away").sign(claims(json!({}))).unwrap()), "unknown_key"),
+        ("revoked subject", Some(sign(&f.kc, json!({"sub": "retired-pipeline"}))), "revoked"),
+        ("revoked jti", Some(sign(&f.kc, json!({"jti": "leaked-jti"}))), "revoked"),
+    ];
+    for (name, token, expected) in cases {
+        let d = decide(&f, "POST", AML, "/score", BLUE, token.as_deref());
+        assert_eq!(code(&d), expected, "{name}: {:?}", d.reason);
+        assert_eq!(status(&d), 401, "{name}");
+        assert!(!d.allowed && d.enforced, "{name}");
+    }
+}
+
+#[test]
+fn tampered_payload_fails_the_signature() {
+    let f = fixture();
+    let token = sign(&f.kc, json!({}));
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = URL_SAFE_NO_PAD.encode(
+        serde_json::to_vec(&json!({"iss": KC, "sub": "mallory", "azp": "azureml-scoring", "exp": NOW + 600, "realm_access": {"roles": ["ml-admin"]}})).unwrap(),
+    );
+    let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&tampered));
+    assert_eq!(code(&d), "bad_signature");
+}
+
+#[test]
+fn algorithm_attacks_are_refused() {
+    let f = fixture();
+    let token = sign(&f.kc, json!({}));
+    let parts: Vec<&str> = token.split('.').collect();
+    for header in [
+        json!({"alg": "none", "typ": "JWT"}),
+        json!({"alg": "HS256", "typ": "JWT", "kid": "kc-1"}),
+        json!({"alg": "RS256", "typ": "JWT", "kid": "kc-1"}),
+    ] {
+        let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap());
+        let forged = format!("{h}.{}.{}", parts[1], parts[2]);
+        let d = decide(&f, "POST", AML, "/score", BLUE, Some(&forged));
+        assert_eq!(code(&d), "algorithm_not_allowed", "{header}");
+        // `alg: none` with an empty signature too.
+        let unsigned = format!("{h}.{}.", parts[1]);
+        assert_eq!(code(&decide(&f, "POST", AML, "/score", BLUE, Some(&unsigned))), "algorithm_not_allowed");
+    }
+}
+
+#[test]
+fn authorization_failures_are_403() {
+    let f = fixture();
+    let no_role = sign(&f.kc, json!({"realm_access": {"roles": ["viewer"]}}));
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&no_role));
+    assert_eq!((code(&d), status(&d), d.rule.as_deref()), ("missing_role", 403, Some("fraud-blue")));
+
+    let d = decide(&f, "GET", "any", "/scoped", &[], Some(&sign(&f.kc, json!({"scope": "openid score:read"}))));
+    assert_eq!((code(&d), status(&d)), ("missing_scope", 403));
+    let header = d.reason.unwrap().response().www_authenticate.unwrap();
+    assert!(header.contains("insufficient_scope"), "{header}");
+    assert!(decide(&f, "GET", "any", "/scoped", &[], Some(&sign(&f.kc, json!({"scope": "openid score:write"})))).allowed);
+
+    let d = decide(&f, "GET", "any", "/entra", &[], Some(&sign(&f.kc, json!({}))));
+    assert_eq!(code(&d), "issuer_not_allowed");
+}
+
+#[test]
+fn unmatched_requests_follow_the_default() {
+    let f = fixture();
+    // Right path, wrong deployment header: fraud-blue does not match, nothing else does.
+    let d = decide(&f, "POST", AML, "/score", &[("azureml-model-deployment", "green")], Some(&sign(&f.kc, json!({}))));
+    assert_eq!((code(&d), status(&d)), ("no_rule", 403));
+    let d = decide(&f, "GET", AML, "/score", BLUE, Some(&sign(&f.kc, json!({}))));
+    assert_eq!(code(&d), "no_rule");
+}
+
+#[test]
+fn templated_roles_follow_the_path() {
+    let f = fixture();
+    let fraud = sign(&f.kc, json!({"realm_access": {"roles": ["model.fraud.invoke"]}}));
+    let d = decide(&f, "POST", "kserve.local", "/v2/models/fraud/infer", &[], Some(&fraud));
+    assert!(d.allowed, "{:?}", d.reason);
+    assert_eq!(d.captures, vec![("model".to_owned(), "fraud".to_owned())]);
+    assert!(decide(&f, "POST", "kserve.local", "/v1/models/fraud:predict", &[], Some(&fraud)).allowed);
+    let d = decide(&f, "POST", "kserve.local", "/v2/models/churn/infer", &[], Some(&fraud));
+    match d.reason {
+        Some(claimgate_core::DenyReason::MissingRole { required, .. }) => {
+            assert_eq!(required, vec!["model.churn.invoke", "ml-admin"])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn deny_rules_win() {
+    let f = fixture();
+    let intern = sign(&f.kc, json!({"realm_access": {"roles": ["model.fraud.invoke", "intern"]}}));
+    let d = decide(&f, "POST", "h", "/v2/models/fraud/infer", &[], Some(&intern));
+    assert_eq!((code(&d), d.rule.as_deref()), ("explicit_deny", Some("no-interns")));
+    let admin = sign(&f.kc, json!({"realm_access": {"roles": ["ml-admin"]}}));
+    let d = decide(&f, "POST", "h", "/v1/models/legacy:predict", &[], Some(&admin));
+    assert_eq!((code(&d), status(&d)), ("explicit_deny", 403));
+    // Unconditional deny needs no token at all.
+    assert_eq!(code(&decide(&f, "POST", "h", "/v1/models/legacy:predict", &[], None)), "explicit_deny");
+}
+
+#[test]
+fn public_paths_need_no_token() {
+    let f = fixture();
+    for path in ["/", "/v2/health/ready", "/v2/health/live?x=1"] {
+        let d = decide(&f, "GET", "h", path, &[], None);
+        assert!(d.allowed && d.identity.is_none(), "{path}");
+    }
+    // A broken token on a public path does not turn it into a denial.
+    assert!(decide(&f, "GET", "h", "/", &[], Some("garbage")).allowed);
+}
+
+#[test]
+fn unnormalized_paths_are_refused() {
+    let f = fixture();
+    let d = decide(&f, "GET", "h", "/v2/health/../../v1/models/legacy:predict", &[], None);
+    assert_eq!((code(&d), status(&d)), ("unnormalized_path", 400));
+}
+
+#[test]
+fn audit_rules_decide_but_do_not_block() {
+    let f = fixture();
+    let d = decide(&f, "GET", "h", "/audited/report", &[], Some(&sign(&f.kc, json!({}))));
+    assert_eq!(code(&d), "missing_role");
+    assert!(!d.allowed && !d.enforced && d.passes());
+}
+
+#[test]
+fn remote_keys_and_rotation() {
+    // An issuer with only a remote key set: unavailable until fetched, then verified with the
+    // fetched keys; a rotated key set replaces the old one.
+    let old = ES256KeyPair::generate().with_key_id("old");
+    let new = ES256KeyPair::generate().with_key_id("new");
+    let policy = r#"
+version = 1
+[issuers.kc]
+issuer = "https://login.example.com/realms/ml"
+audiences = ["azureml-scoring"]
+audience_claims = ["azp"]
+algorithms = ["ES256"]
+[issuers.kc.jwks]
+uri = "https://login.example.com/realms/ml/protocol/openid-connect/certs"
+cluster = "outbound|443||login.example.com"
+[[rules]]
+name = "all"
+allow = "authenticated"
+"#;
+    let compiled = compile(policy, "p.toml", &|_: &str| Err("no files".to_owned())).unwrap();
+    let (bytes, digest) = blob::encode(&compiled.policy).unwrap();
+    let (decoded, _) = blob::decode(&bytes).unwrap();
+    let engine = Engine::new(decoded, digest).unwrap();
+    let token = old.sign(claims(json!({}))).unwrap();
+    let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let request = Request { method: "GET", host: "h", path: "/x", headers: &headers };
+    let mut remote = RemoteKeys::default();
+    let d = engine.decide(&request, NOW, &remote, None);
+    assert_eq!((code(&d), status(&d)), ("keys_unavailable", 503));
+
+    let algs = &engine.policy().issuers[0].algorithms;
+    remote.set(0, KeySet::prepare(&parse_jwks(&jwks(&[(&old, "old")])).unwrap().keys, algs));
+    assert!(engine.decide(&request, NOW, &remote, None).allowed);
+    remote.set(0, KeySet::prepare(&parse_jwks(&jwks(&[(&new, "new")])).unwrap().keys, algs));
+    assert_eq!(code(&engine.decide(&request, NOW, &remote, None)), "unknown_key");
+}
+
+#[test]
+fn blob_refuses_corruption_with_reasons() {
+    let f = fixture();
+    let (bytes, _) = blob::encode(f.engine.policy()).unwrap();
+    assert!(matches!(blob::decode(&bytes[..10]), Err(blob::DecodeError::TooShort(10))));
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert_eq!(blob::decode(&bad).unwrap_err(), blob::DecodeError::BadMagic);
+    let mut bad = bytes.clone();
+    bad[4] = 9;
+    assert!(matches!(blob::decode(&bad), Err(blob::DecodeError::UnsupportedVersion { found: 9 })));
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(blob::decode(&bad).unwrap_err(), blob::DecodeError::DigestMismatch);
+    assert!(blob::engine_from_plugin_config(b"{}").is_err());
+    assert!(blob::engine_from_plugin_config(b"not json").is_err());
+}
+
+#[test]
+fn decisions_do_not_scan_unrelated_rules() {
+    // 2,000 rules on distinct first segments: a request is only matched against its bucket.
+    let mut policy = String::from("version = 1\n");
+    for i in 0..2000 {
+        policy.push_str(&format!("[[rules]]\nname = \"r{i}\"\npaths = [\"/m{i}/infer\"]\nallow = \"anyone\"\n"));
+    }
+    let compiled = compile(&policy, "p.toml", &|_: &str| Err(String::new())).unwrap();
+    let engine = Engine::new(compiled.policy, String::new()).unwrap();
+    let headers = vec![];
+    let request = Request { method: "POST", host: "h", path: "/m1999/infer", headers: &headers };
+    let mut trace = Vec::new();
+    let d = engine.decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace));
+    assert!(d.allowed);
+    assert!(d.checks[0].detail.contains("1 candidate rule(s)"), "{}", d.checks[0].detail);
+}
