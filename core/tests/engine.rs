@@ -111,13 +111,20 @@ fn fixture() -> Fixture {
     let kc = ES256KeyPair::generate().with_key_id("kc-1");
     let kc_other = ES256KeyPair::generate().with_key_id("kc-1");
     let entra = ES256KeyPair::generate().with_key_id("entra-1");
-    let files: HashMap<&str, String> =
-        HashMap::from([("kc.json", jwks(&[(&kc, "kc-1")])), ("entra.json", jwks(&[(&entra, "entra-1")]))]);
+    let files: HashMap<&str, String> = HashMap::from([
+        ("kc.json", jwks(&[(&kc, "kc-1")])),
+        ("entra.json", jwks(&[(&entra, "entra-1")])),
+    ]);
     let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
     let compiled = compile(POLICY, "policy.toml", &reader).unwrap();
     let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
     let engine = blob::engine_from_plugin_config(&config).unwrap();
-    Fixture { kc, kc_other, entra, engine }
+    Fixture {
+        kc,
+        kc_other,
+        entra,
+        engine,
+    }
 }
 
 fn claims(extra: Value) -> JWTClaims<serde_json::Map<String, Value>> {
@@ -134,14 +141,30 @@ fn claims(extra: Value) -> JWTClaims<serde_json::Map<String, Value>> {
     serde_json::from_value(base).unwrap()
 }
 
-fn decide(f: &Fixture, method: &str, host: &str, path: &str, headers: &[(&str, &str)], token: Option<&str>) -> Decision {
-    let mut headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+fn decide(
+    f: &Fixture,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    token: Option<&str>,
+) -> Decision {
+    let mut headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     if let Some(token) = token {
         headers.push(("authorization".into(), format!("Bearer {token}")));
     }
-    let request = Request { method, host, path, headers: &headers };
+    let request = Request {
+        method,
+        host,
+        path,
+        headers: &headers,
+    };
     let mut trace = Vec::new();
-    f.engine.decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace))
+    f.engine
+        .decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace))
 }
 
 fn code(d: &Decision) -> &'static str {
@@ -162,25 +185,41 @@ const BLUE: &[(&str, &str)] = &[("azureml-model-deployment", "blue")];
 #[test]
 fn keycloak_token_with_realm_role_is_allowed_via_azp() {
     let f = fixture();
-    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&sign(&f.kc, json!({}))));
+    let d = decide(
+        &f,
+        "POST",
+        AML,
+        "/score",
+        BLUE,
+        Some(&sign(&f.kc, json!({}))),
+    );
     assert!(d.allowed, "{:?}", d.reason);
     assert_eq!(d.rule.as_deref(), Some("fraud-blue"));
     let id = d.identity.unwrap();
-    assert_eq!((id.issuer.as_str(), id.subject.as_str()), ("keycloak", "alice"));
+    assert_eq!(
+        (id.issuer.as_str(), id.subject.as_str()),
+        ("keycloak", "alice")
+    );
     assert_eq!(id.client.as_deref(), Some("azureml-scoring"));
 }
 
 #[test]
 fn keycloak_client_role_counts() {
     let f = fixture();
-    let t = sign(&f.kc, json!({"realm_access": null, "resource_access": {"azureml-scoring": {"roles": ["ml-scorer"]}}}));
+    let t = sign(
+        &f.kc,
+        json!({"realm_access": null, "resource_access": {"azureml-scoring": {"roles": ["ml-scorer"]}}}),
+    );
     assert!(decide(&f, "POST", AML, "/score", BLUE, Some(&t)).allowed);
 }
 
 #[test]
 fn entra_token_with_app_role() {
     let f = fixture();
-    let t = sign(&f.entra, json!({"iss": ENTRA, "aud": "https://ml.azure.com", "oid": "obj-1", "roles": ["ml-scorer"], "realm_access": null}));
+    let t = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "oid": "obj-1", "roles": ["ml-scorer"], "realm_access": null}),
+    );
     let d = decide(&f, "POST", &format!("{AML}:443"), "/score", BLUE, Some(&t));
     assert!(d.allowed, "{:?}", d.reason);
     assert_eq!(d.identity.unwrap().subject, "obj-1");
@@ -189,8 +228,11 @@ fn entra_token_with_app_role() {
 #[test]
 fn entra_groups_overage_is_its_own_reason() {
     let f = fixture();
-    let t = sign(&f.entra, json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null,
-        "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}}));
+    let t = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null,
+        "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}}),
+    );
     let d = decide(&f, "POST", AML, "/score", BLUE, Some(&t));
     assert_eq!((code(&d), status(&d)), ("groups_overage", 403));
 }
@@ -201,17 +243,67 @@ fn every_authentication_failure_has_its_reason() {
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no token", None, "no_token"),
         ("garbled", Some("not-a-jwt".into()), "malformed_token"),
-        ("unknown issuer", Some(sign(&f.kc, json!({"iss": "https://evil.example.com"}))), "unknown_issuer"),
-        ("wrong audience", Some(sign(&f.kc, json!({"azp": "other-client"}))), "wrong_audience"),
-        ("expired", Some(sign(&f.kc, json!({"iat": NOW - 4000, "exp": NOW - 3000}))), "expired"),
-        ("not yet valid", Some(sign(&f.kc, json!({"nbf": NOW + 3000}))), "not_yet_valid"),
-        ("issued in the future", Some(sign(&f.kc, json!({"iat": NOW + 3000, "exp": NOW + 4000}))), "not_yet_valid"),
-        ("lifetime too long", Some(sign(&f.kc, json!({"iat": NOW - 10, "exp": NOW + 86_400}))), "lifetime_too_long"),
-        ("no exp", Some(sign(&f.kc, json!({"exp": null}))), "missing_expiry"),
-        ("bad signature", Some(sign(&f.kc_other, json!({})) ), "bad_signature"),
-        ("unknown kid", Some(ES256KeyPair::from_bytes(&f.kc.to_bytes()).unwrap().with_key_id("rotated-away").sign(claims(json!({}))).unwrap()), "unknown_key"),
-        ("revoked subject", Some(sign(&f.kc, json!({"sub": "retired-pipeline"}))), "revoked"),
-        ("revoked jti", Some(sign(&f.kc, json!({"jti": "leaked-jti"}))), "revoked"),
+        (
+            "unknown issuer",
+            Some(sign(&f.kc, json!({"iss": "https://evil.example.com"}))),
+            "unknown_issuer",
+        ),
+        (
+            "wrong audience",
+            Some(sign(&f.kc, json!({"azp": "other-client"}))),
+            "wrong_audience",
+        ),
+        (
+            "expired",
+            Some(sign(&f.kc, json!({"iat": NOW - 4000, "exp": NOW - 3000}))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(sign(&f.kc, json!({"nbf": NOW + 3000}))),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            Some(sign(&f.kc, json!({"iat": NOW + 3000, "exp": NOW + 4000}))),
+            "not_yet_valid",
+        ),
+        (
+            "lifetime too long",
+            Some(sign(&f.kc, json!({"iat": NOW - 10, "exp": NOW + 86_400}))),
+            "lifetime_too_long",
+        ),
+        (
+            "no exp",
+            Some(sign(&f.kc, json!({"exp": null}))),
+            "missing_expiry",
+        ),
+        (
+            "bad signature",
+            Some(sign(&f.kc_other, json!({}))),
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            Some(
+                ES256KeyPair::from_bytes(&f.kc.to_bytes())
+                    .unwrap()
+                    .with_key_id("rotated-away")
+                    .sign(claims(json!({})))
+                    .unwrap(),
+            ),
+            "unknown_key",
+        ),
+        (
+            "revoked subject",
+            Some(sign(&f.kc, json!({"sub": "retired-pipeline"}))),
+            "revoked",
+        ),
+        (
+            "revoked jti",
+            Some(sign(&f.kc, json!({"jti": "leaked-jti"}))),
+            "revoked",
+        ),
     ];
     for (name, token, expected) in cases {
         let d = decide(&f, "POST", AML, "/score", BLUE, token.as_deref());
@@ -250,7 +342,10 @@ fn algorithm_attacks_are_refused() {
         assert_eq!(code(&d), "algorithm_not_allowed", "{header}");
         // `alg: none` with an empty signature too.
         let unsigned = format!("{h}.{}.", parts[1]);
-        assert_eq!(code(&decide(&f, "POST", AML, "/score", BLUE, Some(&unsigned))), "algorithm_not_allowed");
+        assert_eq!(
+            code(&decide(&f, "POST", AML, "/score", BLUE, Some(&unsigned))),
+            "algorithm_not_allowed"
+        );
     }
 }
 
@@ -259,15 +354,42 @@ fn authorization_failures_are_403() {
     let f = fixture();
     let no_role = sign(&f.kc, json!({"realm_access": {"roles": ["viewer"]}}));
     let d = decide(&f, "POST", AML, "/score", BLUE, Some(&no_role));
-    assert_eq!((code(&d), status(&d), d.rule.as_deref()), ("missing_role", 403, Some("fraud-blue")));
+    assert_eq!(
+        (code(&d), status(&d), d.rule.as_deref()),
+        ("missing_role", 403, Some("fraud-blue"))
+    );
 
-    let d = decide(&f, "GET", "any", "/scoped", &[], Some(&sign(&f.kc, json!({"scope": "openid score:read"}))));
+    let d = decide(
+        &f,
+        "GET",
+        "any",
+        "/scoped",
+        &[],
+        Some(&sign(&f.kc, json!({"scope": "openid score:read"}))),
+    );
     assert_eq!((code(&d), status(&d)), ("missing_scope", 403));
     let header = d.reason.unwrap().response().www_authenticate.unwrap();
     assert!(header.contains("insufficient_scope"), "{header}");
-    assert!(decide(&f, "GET", "any", "/scoped", &[], Some(&sign(&f.kc, json!({"scope": "openid score:write"})))).allowed);
+    assert!(
+        decide(
+            &f,
+            "GET",
+            "any",
+            "/scoped",
+            &[],
+            Some(&sign(&f.kc, json!({"scope": "openid score:write"})))
+        )
+        .allowed
+    );
 
-    let d = decide(&f, "GET", "any", "/entra", &[], Some(&sign(&f.kc, json!({}))));
+    let d = decide(
+        &f,
+        "GET",
+        "any",
+        "/entra",
+        &[],
+        Some(&sign(&f.kc, json!({}))),
+    );
     assert_eq!(code(&d), "issuer_not_allowed");
 }
 
@@ -275,21 +397,62 @@ fn authorization_failures_are_403() {
 fn unmatched_requests_follow_the_default() {
     let f = fixture();
     // Right path, wrong deployment header: fraud-blue does not match, nothing else does.
-    let d = decide(&f, "POST", AML, "/score", &[("azureml-model-deployment", "green")], Some(&sign(&f.kc, json!({}))));
+    let d = decide(
+        &f,
+        "POST",
+        AML,
+        "/score",
+        &[("azureml-model-deployment", "green")],
+        Some(&sign(&f.kc, json!({}))),
+    );
     assert_eq!((code(&d), status(&d)), ("no_rule", 403));
-    let d = decide(&f, "GET", AML, "/score", BLUE, Some(&sign(&f.kc, json!({}))));
+    let d = decide(
+        &f,
+        "GET",
+        AML,
+        "/score",
+        BLUE,
+        Some(&sign(&f.kc, json!({}))),
+    );
     assert_eq!(code(&d), "no_rule");
 }
 
 #[test]
 fn templated_roles_follow_the_path() {
     let f = fixture();
-    let fraud = sign(&f.kc, json!({"realm_access": {"roles": ["model.fraud.invoke"]}}));
-    let d = decide(&f, "POST", "kserve.local", "/v2/models/fraud/infer", &[], Some(&fraud));
+    let fraud = sign(
+        &f.kc,
+        json!({"realm_access": {"roles": ["model.fraud.invoke"]}}),
+    );
+    let d = decide(
+        &f,
+        "POST",
+        "kserve.local",
+        "/v2/models/fraud/infer",
+        &[],
+        Some(&fraud),
+    );
     assert!(d.allowed, "{:?}", d.reason);
     assert_eq!(d.captures, vec![("model".to_owned(), "fraud".to_owned())]);
-    assert!(decide(&f, "POST", "kserve.local", "/v1/models/fraud:predict", &[], Some(&fraud)).allowed);
-    let d = decide(&f, "POST", "kserve.local", "/v2/models/churn/infer", &[], Some(&fraud));
+    assert!(
+        decide(
+            &f,
+            "POST",
+            "kserve.local",
+            "/v1/models/fraud:predict",
+            &[],
+            Some(&fraud)
+        )
+        .allowed
+    );
+    let d = decide(
+        &f,
+        "POST",
+        "kserve.local",
+        "/v2/models/churn/infer",
+        &[],
+        Some(&fraud),
+    );
     match d.reason {
         Some(claimgate_core::DenyReason::MissingRole { required, .. }) => {
             assert_eq!(required, vec!["model.churn.invoke", "ml-admin"])
@@ -301,14 +464,44 @@ fn templated_roles_follow_the_path() {
 #[test]
 fn deny_rules_win() {
     let f = fixture();
-    let intern = sign(&f.kc, json!({"realm_access": {"roles": ["model.fraud.invoke", "intern"]}}));
-    let d = decide(&f, "POST", "h", "/v2/models/fraud/infer", &[], Some(&intern));
-    assert_eq!((code(&d), d.rule.as_deref()), ("explicit_deny", Some("no-interns")));
+    let intern = sign(
+        &f.kc,
+        json!({"realm_access": {"roles": ["model.fraud.invoke", "intern"]}}),
+    );
+    let d = decide(
+        &f,
+        "POST",
+        "h",
+        "/v2/models/fraud/infer",
+        &[],
+        Some(&intern),
+    );
+    assert_eq!(
+        (code(&d), d.rule.as_deref()),
+        ("explicit_deny", Some("no-interns"))
+    );
     let admin = sign(&f.kc, json!({"realm_access": {"roles": ["ml-admin"]}}));
-    let d = decide(&f, "POST", "h", "/v1/models/legacy:predict", &[], Some(&admin));
+    let d = decide(
+        &f,
+        "POST",
+        "h",
+        "/v1/models/legacy:predict",
+        &[],
+        Some(&admin),
+    );
     assert_eq!((code(&d), status(&d)), ("explicit_deny", 403));
     // Unconditional deny needs no token at all.
-    assert_eq!(code(&decide(&f, "POST", "h", "/v1/models/legacy:predict", &[], None)), "explicit_deny");
+    assert_eq!(
+        code(&decide(
+            &f,
+            "POST",
+            "h",
+            "/v1/models/legacy:predict",
+            &[],
+            None
+        )),
+        "explicit_deny"
+    );
 }
 
 #[test]
@@ -325,14 +518,28 @@ fn public_paths_need_no_token() {
 #[test]
 fn unnormalized_paths_are_refused() {
     let f = fixture();
-    let d = decide(&f, "GET", "h", "/v2/health/../../v1/models/legacy:predict", &[], None);
+    let d = decide(
+        &f,
+        "GET",
+        "h",
+        "/v2/health/../../v1/models/legacy:predict",
+        &[],
+        None,
+    );
     assert_eq!((code(&d), status(&d)), ("unnormalized_path", 400));
 }
 
 #[test]
 fn audit_rules_decide_but_do_not_block() {
     let f = fixture();
-    let d = decide(&f, "GET", "h", "/audited/report", &[], Some(&sign(&f.kc, json!({}))));
+    let d = decide(
+        &f,
+        "GET",
+        "h",
+        "/audited/report",
+        &[],
+        Some(&sign(&f.kc, json!({}))),
+    );
     assert_eq!(code(&d), "missing_role");
     assert!(!d.allowed && !d.enforced && d.passes());
 }
@@ -363,33 +570,56 @@ allow = "authenticated"
     let engine = Engine::new(decoded, digest).unwrap();
     let token = old.sign(claims(json!({}))).unwrap();
     let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
-    let request = Request { method: "GET", host: "h", path: "/x", headers: &headers };
+    let request = Request {
+        method: "GET",
+        host: "h",
+        path: "/x",
+        headers: &headers,
+    };
     let mut remote = RemoteKeys::default();
     let d = engine.decide(&request, NOW, &remote, None);
     assert_eq!((code(&d), status(&d)), ("keys_unavailable", 503));
 
     let algs = &engine.policy().issuers[0].algorithms;
-    remote.set(0, KeySet::prepare(&parse_jwks(&jwks(&[(&old, "old")])).unwrap().keys, algs));
+    remote.set(
+        0,
+        KeySet::prepare(&parse_jwks(&jwks(&[(&old, "old")])).unwrap().keys, algs),
+    );
     assert!(engine.decide(&request, NOW, &remote, None).allowed);
-    remote.set(0, KeySet::prepare(&parse_jwks(&jwks(&[(&new, "new")])).unwrap().keys, algs));
-    assert_eq!(code(&engine.decide(&request, NOW, &remote, None)), "unknown_key");
+    remote.set(
+        0,
+        KeySet::prepare(&parse_jwks(&jwks(&[(&new, "new")])).unwrap().keys, algs),
+    );
+    assert_eq!(
+        code(&engine.decide(&request, NOW, &remote, None)),
+        "unknown_key"
+    );
 }
 
 #[test]
 fn blob_refuses_corruption_with_reasons() {
     let f = fixture();
     let (bytes, _) = blob::encode(f.engine.policy()).unwrap();
-    assert!(matches!(blob::decode(&bytes[..10]), Err(blob::DecodeError::TooShort(10))));
+    assert!(matches!(
+        blob::decode(&bytes[..10]),
+        Err(blob::DecodeError::TooShort(10))
+    ));
     let mut bad = bytes.clone();
     bad[0] = b'X';
     assert_eq!(blob::decode(&bad).unwrap_err(), blob::DecodeError::BadMagic);
     let mut bad = bytes.clone();
     bad[4] = 9;
-    assert!(matches!(blob::decode(&bad), Err(blob::DecodeError::UnsupportedVersion { found: 9 })));
+    assert!(matches!(
+        blob::decode(&bad),
+        Err(blob::DecodeError::UnsupportedVersion { found: 9 })
+    ));
     let mut bad = bytes.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert_eq!(blob::decode(&bad).unwrap_err(), blob::DecodeError::DigestMismatch);
+    assert_eq!(
+        blob::decode(&bad).unwrap_err(),
+        blob::DecodeError::DigestMismatch
+    );
     assert!(blob::engine_from_plugin_config(b"{}").is_err());
     assert!(blob::engine_from_plugin_config(b"not json").is_err());
 }
@@ -399,14 +629,25 @@ fn decisions_do_not_scan_unrelated_rules() {
     // 2,000 rules on distinct first segments: a request is only matched against its bucket.
     let mut policy = String::from("version = 1\n");
     for i in 0..2000 {
-        policy.push_str(&format!("[[rules]]\nname = \"r{i}\"\npaths = [\"/m{i}/infer\"]\nallow = \"anyone\"\n"));
+        policy.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\npaths = [\"/m{i}/infer\"]\nallow = \"anyone\"\n"
+        ));
     }
     let compiled = compile(&policy, "p.toml", &|_: &str| Err(String::new())).unwrap();
     let engine = Engine::new(compiled.policy, String::new()).unwrap();
     let headers = vec![];
-    let request = Request { method: "POST", host: "h", path: "/m1999/infer", headers: &headers };
+    let request = Request {
+        method: "POST",
+        host: "h",
+        path: "/m1999/infer",
+        headers: &headers,
+    };
     let mut trace = Vec::new();
     let d = engine.decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace));
     assert!(d.allowed);
-    assert!(d.checks[0].detail.contains("1 candidate rule(s)"), "{}", d.checks[0].detail);
+    assert!(
+        d.checks[0].detail.contains("1 candidate rule(s)"),
+        "{}",
+        d.checks[0].detail
+    );
 }
