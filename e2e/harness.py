@@ -1,0 +1,282 @@
+"""Real-process harness: the pinned Envoy binary with the built claimgate.wasm, a local JWKS
+server, and a scoring upstream that echoes what it received.
+
+Everything listens on 127.0.0.1 with ports picked by the OS. Tokens are minted by
+`claimgate-testkit` (the workspace's test-only signer); policies are compiled by the real
+`claimgate compile`, so Envoy sees exactly what a WasmPlugin would carry.
+"""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "target"
+CLAIMGATE = TARGET / "release" / "claimgate"
+TESTKIT = TARGET / "release" / "claimgate-testkit"
+WASM = TARGET / "wasm32-wasip1" / "release" / "claimgate_filter.wasm"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class Upstream:
+    """Scoring server: answers every request with the headers it received, as JSON."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(_Quiet):
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen = {k.lower(): v for k, v in self.headers.items()}
+                received.append(seen)
+                out = json.dumps({"path": self.path, "headers": seen, "scored": len(body)}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+class JwksServer:
+    """Serves a key set that tests can rotate, or fail with 503 ("down")."""
+
+    def __init__(self, jwks_text):
+        self.jwks = jwks_text
+        self.down = False
+        self.hits = 0
+        owner = self
+
+        class Handler(_Quiet):
+            def do_GET(self):
+                owner.hits += 1
+                if owner.down:
+                    self.send_response(503)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                out = owner.jwks.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+class Keys:
+    """Signing keys made by claimgate-testkit in a scratch folder."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def make(self, alg, kid):
+        subprocess.run([TESTKIT, "keygen", alg, kid, self.folder], check=True, capture_output=True)
+        return json.loads((self.folder / f"{kid}.jwks.json").read_text())
+
+    def mint(self, alg, kid, claims, header=None):
+        args = [TESTKIT, "mint", alg, kid, self.folder, json.dumps(claims)]
+        if header is not None:
+            args.append(json.dumps(header))
+        return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def compile_policy(policy_path):
+    out = subprocess.run([CLAIMGATE, "compile", policy_path], check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwks_port, fail_open=False):
+    """Envoy bootstrap as JSON (YAML is a superset). The wasm filter carries the pluginConfig
+    as a StringValue, as istiod delivers it."""
+    wasm_filter = {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "claimgate",
+                "root_id": "claimgate",
+                "fail_open": fail_open,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config_json,
+                },
+                "vm_config": {
+                    "vm_id": "claimgate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(WASM)}},
+                },
+            },
+        },
+    }
+    access_log = {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {
+                "text_format_source": {
+                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%\n"
+                }
+            },
+        },
+    }
+
+    def cluster(name, port):
+        return {
+            "name": name,
+            "connect_timeout": "1s",
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+            },
+        }
+
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "ingress",
+                                        "access_log": [access_log],
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "scoring"}}]}
+                                            ]
+                                        },
+                                        "http_filters": [
+                                            wasm_filter,
+                                            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster("scoring", upstream_port), cluster("jwks", jwks_port)],
+        },
+    }
+
+
+class Envoy:
+    def __init__(self, binary, config, workdir):
+        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        path = Path(workdir) / "envoy.json"
+        path.write_text(json.dumps(config))
+        self.log_path = Path(workdir) / "envoy.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(path), "--concurrency", "1", "--log-level", "info", "--base-id", str(free_port())],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("envoy did not become ready:\n" + self.logs()[-4000:])
+
+    def logs(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stats(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+        out = {}
+        for line in lines:
+            if ": " in line:
+                k, v = line.split(": ", 1)
+                out[k] = v
+        return out
+
+    def request(self, path, method="GET", headers=None, token=None, host="localhost", body=None):
+        headers = dict(headers or {})
+        headers["host"] = host
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        data = body.encode() if isinstance(body, str) else body
+        if data is None and method == "POST":
+            data = b"{}"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, dict((k.lower(), v) for k, v in r.headers.items()), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read().decode()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def envoy_binaries():
+    """The pinned Envoy binaries installed by scripts/setup (ENVOY_BINS overrides)."""
+    listed = os.environ.get("ENVOY_BINS")
+    if listed:
+        return [b for b in listed.split(":") if b]
+    tools = ROOT / ".tools"
+    found = sorted(tools.glob("envoy-*/lib/python3*/site-packages/envoy/_bin/envoy"))
+    return [str(p) for p in found]
+
+
+def scratch():
+    return tempfile.mkdtemp(prefix="claimgate-e2e-")

@@ -1,0 +1,609 @@
+//! Per-root state and the request path: decide, then reply, hold or continue.
+//!
+//! Host calls use the `Result`-returning `hostcalls` functions, never the SDK's unwrapping
+//! helpers: a failed host call denies the request instead of trapping the VM.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use claimgate_core::DenyReason;
+use claimgate_core::compiled::BeforeFirstFetch;
+use claimgate_core::engine::{Decision, Engine, Identity, RemoteKeys, Request};
+use claimgate_core::keys::{KeySet, parse_jwks};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+
+/// Most verified tokens kept per worker.
+const CACHE_MAX_ENTRIES: usize = 10_000;
+/// Most bytes (tokens + identities, estimated) kept per worker.
+const CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Least time between two refetches triggered by an unknown `kid`.
+const REFETCH_MIN_INTERVAL_SECS: u64 = 10;
+/// Longest a request is held for keys.
+const HOLD_MAX_SECS: u64 = 10;
+
+/// What happened to the request.
+pub enum Verdict {
+    /// Let it through.
+    Continue,
+    /// A local reply was sent.
+    Replied,
+    /// Paused until keys arrive.
+    Held,
+}
+
+struct CachedIdentity {
+    identity: Rc<Identity>,
+    valid_until: u64,
+    bytes: usize,
+}
+
+struct IssuerFetch {
+    next_fetch: u64,
+    in_flight: Option<u32>,
+    last_refetch: u64,
+    fetched_once: bool,
+}
+
+/// State shared by a root context and its HTTP contexts.
+pub struct Shared {
+    engine: Rc<Engine>,
+    remote: RemoteKeys,
+    fetch: HashMap<usize, IssuerFetch>,
+    cache: HashMap<String, CachedIdentity>,
+    cache_order: VecDeque<String>,
+    cache_bytes: usize,
+    held: Vec<(u32, u64)>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// State for a freshly configured engine.
+    pub fn new(engine: Rc<Engine>) -> Shared {
+        let fetch = engine
+            .remote_issuers()
+            .map(|(index, _)| {
+                (
+                    index,
+                    IssuerFetch {
+                        next_fetch: 0,
+                        in_flight: None,
+                        last_refetch: 0,
+                        fetched_once: false,
+                    },
+                )
+            })
+            .collect();
+        let metrics = Metrics::define(&engine);
+        Shared {
+            engine,
+            remote: RemoteKeys::default(),
+            fetch,
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            cache_bytes: 0,
+            held: Vec::new(),
+            metrics,
+        }
+    }
+
+    fn cached(&mut self, token: &str, now: u64) -> Option<Rc<Identity>> {
+        let entry = self.cache.get(token)?;
+        if entry.valid_until < now {
+            return None;
+        }
+        Some(entry.identity.clone())
+    }
+
+    fn remember(&mut self, token: &str, identity: Rc<Identity>, now: u64) {
+        let skew = self
+            .engine
+            .policy()
+            .issuers
+            .get(identity.issuer_index)
+            .map_or(0, |i| i.clock_skew_secs);
+        // Tokens without `exp` are re-verified every five minutes.
+        let valid_until = identity
+            .exp
+            .map_or(now + 300, |exp| exp.saturating_add(skew));
+        let bytes = token.len() * 2 + identity.roles.iter().map(String::len).sum::<usize>() + 256;
+        while (self.cache.len() >= CACHE_MAX_ENTRIES || self.cache_bytes + bytes > CACHE_MAX_BYTES)
+            && !self.cache_order.is_empty()
+        {
+            if let Some(old) = self.cache_order.pop_front() {
+                if let Some(entry) = self.cache.remove(&old) {
+                    self.cache_bytes = self.cache_bytes.saturating_sub(entry.bytes);
+                }
+            }
+        }
+        if let Some(previous) = self.cache.insert(
+            token.to_owned(),
+            CachedIdentity {
+                identity,
+                valid_until,
+                bytes,
+            },
+        ) {
+            self.cache_bytes = self.cache_bytes.saturating_sub(previous.bytes);
+        } else {
+            self.cache_order.push_back(token.to_owned());
+        }
+        self.cache_bytes += bytes;
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cache_order.clear();
+        self.cache_bytes = 0;
+    }
+}
+
+// === Metrics ===
+
+struct Metrics {
+    allowed: Option<u32>,
+    audit_denied: Option<u32>,
+    denied: HashMap<&'static str, u32>,
+    cache_hit: Option<u32>,
+    cache_miss: Option<u32>,
+    jwks_ok: Option<u32>,
+    jwks_failed: Option<u32>,
+    policy_version: Option<u32>,
+}
+
+fn metric(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+impl Metrics {
+    fn define(engine: &Engine) -> Metrics {
+        let denied = DenyReason::ALL_CODES
+            .iter()
+            .filter_map(|code| {
+                Some((
+                    *code,
+                    metric(MetricType::Counter, &format!("claimgate.denied.{code}"))?,
+                ))
+            })
+            .collect();
+        let metrics = Metrics {
+            allowed: metric(MetricType::Counter, "claimgate.allowed"),
+            audit_denied: metric(MetricType::Counter, "claimgate.audit_would_deny"),
+            denied,
+            cache_hit: metric(MetricType::Counter, "claimgate.token_cache.hit"),
+            cache_miss: metric(MetricType::Counter, "claimgate.token_cache.miss"),
+            jwks_ok: metric(MetricType::Counter, "claimgate.jwks.fetch_success"),
+            jwks_failed: metric(MetricType::Counter, "claimgate.jwks.fetch_failure"),
+            policy_version: metric(MetricType::Gauge, "claimgate.policy_version"),
+        };
+        // The gauge carries the first 8 hex digits of the digest as a number.
+        let short = engine
+            .digest()
+            .trim_start_matches("sha256:")
+            .get(..8)
+            .unwrap_or("0");
+        if let (Some(id), Ok(value)) = (metrics.policy_version, u64::from_str_radix(short, 16)) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+        metrics
+    }
+}
+
+// === JWKS ===
+
+fn split_uri(uri: &str) -> (String, String) {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    match rest.find('/') {
+        Some(slash) => (
+            rest.get(..slash).unwrap_or("").to_owned(),
+            rest.get(slash..).unwrap_or("/").to_owned(),
+        ),
+        None => (rest.to_owned(), "/".to_owned()),
+    }
+}
+
+fn start_fetch(shared: &mut Shared, issuer: usize, now: u64) {
+    let Some(config) = shared
+        .engine
+        .policy()
+        .issuers
+        .get(issuer)
+        .and_then(|i| i.remote_jwks.clone())
+    else {
+        return;
+    };
+    let (authority, path) = split_uri(&config.uri);
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match hostcalls::dispatch_http_call(
+        &config.cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(config.timeout_ms),
+    ) {
+        Ok(token) => {
+            if let Some(state) = shared.fetch.get_mut(&issuer) {
+                state.in_flight = Some(token);
+            }
+        }
+        Err(status) => {
+            log::warn!(
+                "claimgate: cannot fetch JWKS {} via cluster `{}`: {status:?}",
+                config.uri,
+                config.cluster
+            );
+            bump(shared.metrics.jwks_failed);
+            if let Some(state) = shared.fetch.get_mut(&issuer) {
+                state.next_fetch = now + 5;
+                state.fetched_once = true;
+            }
+        }
+    }
+}
+
+/// Starts every fetch that is due.
+pub fn fetch_all_due(shared: &Rc<RefCell<Shared>>, now: u64) {
+    let mut s = shared.borrow_mut();
+    let due: Vec<usize> = s
+        .fetch
+        .iter()
+        .filter(|(_, f)| f.in_flight.is_none() && f.next_fetch <= now)
+        .map(|(i, _)| *i)
+        .collect();
+    for issuer in due {
+        start_fetch(&mut s, issuer, now);
+    }
+}
+
+/// Handles a JWKS response (to the root or to a request that triggered a refetch).
+pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usize, now: u64) {
+    {
+        let mut s = shared.borrow_mut();
+        let Some(issuer) = s
+            .fetch
+            .iter()
+            .find(|(_, f)| f.in_flight == Some(token_id))
+            .map(|(i, _)| *i)
+        else {
+            return;
+        };
+        let config = s.engine.policy().issuers.get(issuer).cloned();
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let parsed = match status.as_deref() {
+            Some("200") => parse_jwks(&String::from_utf8_lossy(&body)).map_err(|e| e.to_string()),
+            other => Err(format!(
+                "status {}",
+                other.unwrap_or("none (timeout or connection failure)")
+            )),
+        };
+        let refresh = config
+            .as_ref()
+            .and_then(|c| c.remote_jwks.as_ref())
+            .map_or(600, |r| r.refresh_secs);
+        match (parsed, config) {
+            (Ok(jwks), Some(config)) => {
+                for (index, error) in &jwks.refused {
+                    log::warn!(
+                        "claimgate: issuer `{}`: key #{index} skipped: {error}",
+                        config.name
+                    );
+                }
+                let keys = KeySet::prepare(&jwks.keys, &config.algorithms);
+                log::info!(
+                    "claimgate: issuer `{}`: {} keys fetched",
+                    config.name,
+                    keys.len()
+                );
+                s.remote.set(issuer, keys);
+                // Keys may have been withdrawn: tokens verified with them must be checked again.
+                s.clear_cache();
+                bump(s.metrics.jwks_ok);
+                if let Some(f) = s.fetch.get_mut(&issuer) {
+                    f.next_fetch = now + refresh;
+                }
+            }
+            (Err(error), config) => {
+                let name = config.map(|c| c.name).unwrap_or_default();
+                log::warn!(
+                    "claimgate: issuer `{name}`: JWKS fetch failed ({error}); keeping the last good keys"
+                );
+                bump(s.metrics.jwks_failed);
+                if let Some(f) = s.fetch.get_mut(&issuer) {
+                    // Retry sooner than a full refresh after a failure.
+                    f.next_fetch = now + refresh.min(5);
+                }
+            }
+            (Ok(_), None) => {}
+        }
+        if let Some(f) = s.fetch.get_mut(&issuer) {
+            f.in_flight = None;
+            f.fetched_once = true;
+        }
+    }
+    release_held(shared, now, false);
+}
+
+/// Re-decides held requests; with `expire`, only those held too long (they fail closed).
+fn release_held(shared: &Rc<RefCell<Shared>>, now: u64, expire: bool) {
+    let held: Vec<(u32, u64)> = {
+        let mut s = shared.borrow_mut();
+        if expire {
+            let (old, young): (Vec<_>, Vec<_>) = s
+                .held
+                .drain(..)
+                .partition(|(_, since)| now.saturating_sub(*since) >= HOLD_MAX_SECS);
+            s.held = young;
+            old
+        } else {
+            std::mem::take(&mut s.held)
+        }
+    };
+    for (context_id, since) in held {
+        if hostcalls::set_effective_context(context_id).is_err() {
+            continue; // the request is gone (client hung up)
+        }
+        let verdict = decide_and_apply(shared, context_id, now, expire, since);
+        if matches!(verdict, Verdict::Continue) {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+/// The root's tick: refresh due key sets, fail held requests that waited too long.
+pub fn tick(shared: &Rc<RefCell<Shared>>, now: u64) {
+    fetch_all_due(shared, now);
+    release_held(shared, now, true);
+}
+
+// === The request path ===
+
+fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// Decides the current request and acts on it.
+pub fn enforce(shared: &Rc<RefCell<Shared>>, context_id: u32, now: u64) -> Verdict {
+    decide_and_apply(shared, context_id, now, false, now)
+}
+
+fn decide_and_apply(
+    shared: &Rc<RefCell<Shared>>,
+    context_id: u32,
+    now: u64,
+    give_up: bool,
+    held_since: u64,
+) -> Verdict {
+    let headers = request_headers();
+    let engine = shared.borrow().engine.clone();
+    let prefix = engine.policy().token.identity_header_prefix.clone();
+    // Identity headers are the filter's: whatever the client sent under them goes.
+    for (name, _) in headers
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix.as_str()))
+    {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let request = Request {
+        method: header(":method"),
+        host: header(":authority"),
+        path: header(":path"),
+        headers: &headers,
+    };
+    let decision = {
+        let mut authenticate = |raw: &str, _: &mut claimgate_core::token::Trace<'_>| {
+            let mut s = shared.borrow_mut();
+            if let Some(identity) = s.cached(raw, now) {
+                bump(s.metrics.cache_hit);
+                return Ok(identity);
+            }
+            bump(s.metrics.cache_miss);
+            let identity = Rc::new(engine.authenticate(raw, now, &s.remote, &mut None)?);
+            s.remember(raw, identity.clone(), now);
+            Ok(identity)
+        };
+        engine.decide_with(&request, None, &mut authenticate)
+    };
+
+    if !give_up {
+        if let Some(verdict) = maybe_hold(
+            shared, &engine, &request, &decision, context_id, now, held_since,
+        ) {
+            return verdict;
+        }
+    }
+    apply(shared, &engine, &request, &decision, &prefix)
+}
+
+/// Holds a request that waits for keys (first fetch, or a refetch for an unknown `kid`).
+fn maybe_hold(
+    shared: &Rc<RefCell<Shared>>,
+    engine: &Engine,
+    request: &Request<'_>,
+    decision: &Decision,
+    context_id: u32,
+    now: u64,
+    held_since: u64,
+) -> Option<Verdict> {
+    let issuer = match &decision.reason {
+        Some(DenyReason::KeysUnavailable { issuer }) => {
+            let index = engine
+                .policy()
+                .issuers
+                .iter()
+                .position(|i| &i.name == issuer)?;
+            let config = engine.policy().issuers.get(index)?.remote_jwks.as_ref()?;
+            if config.before_first_fetch == BeforeFirstFetch::Reject {
+                return None;
+            }
+            let s = shared.borrow();
+            let fetch = s.fetch.get(&index)?;
+            // Hold only while the first fetch can still succeed.
+            if fetch.fetched_once && fetch.in_flight.is_none() {
+                return None;
+            }
+            index
+        }
+        Some(DenyReason::UnknownKey { .. }) => {
+            let index = engine.claimed_issuer(engine.bearer_token(request)?)?;
+            let mut s = shared.borrow_mut();
+            let fetch = s.fetch.get_mut(&index)?;
+            if fetch.in_flight.is_none() {
+                if now.saturating_sub(fetch.last_refetch) < REFETCH_MIN_INTERVAL_SECS {
+                    return None;
+                }
+                fetch.last_refetch = now;
+                start_fetch(&mut s, index, now);
+                if s.fetch.get(&index).is_none_or(|f| f.in_flight.is_none()) {
+                    return None;
+                }
+            }
+            index
+        }
+        _ => return None,
+    };
+    let _ = issuer;
+    shared.borrow_mut().held.push((context_id, held_since));
+    Some(Verdict::Held)
+}
+
+fn json_escape(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+fn apply(
+    shared: &Rc<RefCell<Shared>>,
+    engine: &Engine,
+    request: &Request<'_>,
+    decision: &Decision,
+    prefix: &str,
+) -> Verdict {
+    let version = engine.digest();
+    let request_id = request.header("x-request-id").unwrap_or("");
+    audit(engine, request, decision, request_id);
+    {
+        let s = shared.borrow();
+        match (&decision.reason, decision.passes()) {
+            (None, _) => bump(s.metrics.allowed),
+            (Some(_), true) => bump(s.metrics.audit_denied),
+            (Some(reason), false) => bump(s.metrics.denied.get(reason.code()).copied()),
+        }
+    }
+    if decision.passes() {
+        if let Some(identity) = &decision.identity {
+            let roles = identity.roles.join(",");
+            let add = |name: &str, value: &str| {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    &format!("{prefix}{name}"),
+                    Some(value),
+                );
+            };
+            add("subject", &identity.subject);
+            add("issuer", &identity.issuer);
+            if let Some(client) = &identity.client {
+                add("client", client);
+            }
+            add("roles", &roles);
+            add("rule", decision.rule.as_deref().unwrap_or(""));
+            add("policy-version", version);
+            for (key, value) in [
+                ("subject", identity.subject.as_str()),
+                ("issuer", identity.issuer.as_str()),
+                ("rule", decision.rule.as_deref().unwrap_or("")),
+            ] {
+                // One path element: Envoy stores it as filter state `wasm.claimgate.<key>`.
+                let _ = hostcalls::set_property(
+                    vec![format!("claimgate.{key}").as_str()],
+                    Some(value.as_bytes()),
+                );
+            }
+            if !engine.policy().token.forward_token {
+                for name in &engine.policy().token.headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                }
+            }
+        }
+        let outcome = if decision.allowed {
+            "allow"
+        } else {
+            "audit_deny"
+        };
+        let _ = hostcalls::set_property(vec!["claimgate.decision"], Some(outcome.as_bytes()));
+        return Verdict::Continue;
+    }
+    let Some(reason) = &decision.reason else {
+        return Verdict::Continue;
+    };
+    let response = reason.response();
+    let body = format!(
+        "{{\"error\":{},\"status\":{},\"rule\":{},\"request_id\":{},\"policy_version\":{}}}\n",
+        json_escape(reason.code()),
+        response.status,
+        json_escape(decision.rule.as_deref().unwrap_or("")),
+        json_escape(request_id),
+        json_escape(version)
+    );
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(value) = response.www_authenticate.as_deref() {
+        headers.push(("www-authenticate", value));
+    }
+    if hostcalls::send_http_response(u32::from(response.status), headers, Some(body.as_bytes()))
+        .is_err()
+    {
+        log::error!("claimgate: could not send the local reply");
+    }
+    Verdict::Replied
+}
+
+/// One structured line per decision. Never the token.
+fn audit(engine: &Engine, request: &Request<'_>, decision: &Decision, request_id: &str) {
+    let identity = decision.identity.as_deref();
+    let status = match (&decision.reason, decision.passes()) {
+        (Some(reason), false) => reason.response().status,
+        _ => 200,
+    };
+    let path = claimgate_core::matcher::strip_query(request.path);
+    let line = serde_json::json!({
+        "decision": if decision.allowed { "allow" } else if decision.passes() { "audit_deny" } else { "deny" },
+        "status": status,
+        "reason": decision.reason.as_ref().map(|r| r.code()),
+        "detail": decision.reason.as_ref().map(|r| r.to_string()),
+        "rule": decision.rule,
+        "issuer": identity.map(|i| i.issuer.as_str()),
+        "subject": identity.map(|i| i.subject.as_str()),
+        "client": identity.and_then(|i| i.client.as_deref()),
+        "method": request.method,
+        "host": request.host,
+        "path": path,
+        "captures": decision.captures.iter().cloned().collect::<HashMap<String, String>>(),
+        "deployment": request.header("azureml-model-deployment"),
+        "request_id": request_id,
+        "policy_version": engine.digest(),
+    });
+    log::info!("claimgate.audit {line}");
+}
