@@ -148,7 +148,7 @@ def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwk
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {
                 "text_format_source": {
-                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%\n"
+                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject)% decision=%FILTER_STATE(wasm.claimgate.decision)%\n"
                 }
             },
         },
@@ -211,7 +211,7 @@ class Envoy:
         self.log_path = Path(workdir) / "envoy.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [binary, "-c", str(path), "--concurrency", "1", "--log-level", "info", "--base-id", str(free_port())],
+            [binary, "-c", str(path), "--concurrency", "1", "--log-level", "info", "--file-flush-interval-msec", "100", "--base-id", str(free_port())],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

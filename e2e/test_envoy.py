@@ -3,6 +3,7 @@
 Every test runs against each installed Envoy version (1.36, Istio 1.28's line, and 1.40).
 """
 
+import base64
 import json
 import subprocess
 import time
@@ -220,10 +221,11 @@ def test_templated_per_model_roles(mesh):
 def test_audit_mode_records_but_passes(mesh):
     status, _, body = mesh["envoy"].request("/audited/report", token=kc_token(mesh))
     assert status == 200, body
-    time.sleep(0.3)
+    time.sleep(0.5)
     logs = mesh["envoy"].logs()
     assert '"decision":"audit_deny"' in logs
-    assert "decision=audit_deny" in logs  # filter state reaches the access log
+    # Filter state reaches the access log (Envoy prints wasm state as a BytesValue).
+    assert base64.b64encode(b"audit_deny").decode() in logs
 
 
 def test_stats_and_cache(mesh):
@@ -250,6 +252,8 @@ def test_explain_gives_the_filter_decision(mesh):
 
 def test_jwks_rotation_then_server_down_keeps_last_good_keys(mesh):
     m = mesh
+    # Unknown-kid refetches are rate limited (10 s); earlier tests may have used one.
+    time.sleep(11)
     # Rotation: the provider publishes entra-2; a token signed with it triggers a refetch.
     k1 = json.loads((m["work"] / "entra-1.jwks.json").read_text())["keys"]
     k2 = json.loads((m["work"] / "entra-2.jwks.json").read_text())["keys"]
