@@ -1,3 +1,10 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
 //! Conformance against independent vectors in `../shared/vectors/` (read in place, never
 //! copied): jwt_verify_lib's suite, Envoy `jwt_authn`'s cases and the RFC JWS examples.
 //!

@@ -1,3 +1,10 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
 //! Decision engine tests with real signed tokens: every deny reason, through the blob, as
 //! the filter would take them.
 

@@ -1,3 +1,10 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
 //! Property tests: the token decoder and the blob decoder never panic on any input, and the
 //! blob round-trips.
 
