@@ -203,7 +203,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
             let span = error.span().unwrap_or(0..0);
             let message = error.message().to_owned();
             let hint = if message.contains("unknown field") {
-                Some("check the spelling against the policy reference in docs/policy.md")
+                Some("check the spelling against the policy language in README.md")
             } else {
                 None
             };
