@@ -67,6 +67,13 @@ paths = ["/audited/*"]
 audit = true
 allow = {{ roles_any = ["auditor"] }}
 
+# A rule that a spoofed identity header would satisfy if rules saw it.
+[[rules]]
+name    = "spoof-probe"
+paths   = ["/spoof-probe"]
+headers = {{ "x-claimgate-subject" = "root" }}
+allow   = "anyone"
+
 [revoked]
 subjects = ["retired-pipeline"]
 """
@@ -195,6 +202,11 @@ def test_authentication_failures_are_401(mesh, case):
     # The token never appears in the logs.
     if token and len(token) > 20:
         assert token not in m["envoy"].logs()
+
+
+def test_rules_never_match_spoofed_identity_headers(mesh):
+    status, _, body = mesh["envoy"].request("/spoof-probe", headers={"x-claimgate-subject": "root"})
+    assert (status, error_of(body)) == (403, "no_rule")
 
 
 def test_missing_role_is_403(mesh):

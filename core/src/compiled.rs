@@ -262,6 +262,13 @@ pub struct TokenSettings {
     pub identity_header_prefix: String,
 }
 
+impl TokenSettings {
+    /// The header a client puts its token in (the first configured one).
+    pub fn primary_header(&self) -> &str {
+        self.headers.first().map_or("authorization", String::as_str)
+    }
+}
+
 impl Default for TokenSettings {
     fn default() -> Self {
         TokenSettings {

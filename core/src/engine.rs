@@ -121,7 +121,7 @@ pub struct Decision {
     pub enforced: bool,
     /// The rule that decided, if any.
     pub rule: Option<String>,
-    /// Names of every rule that matched the request.
+    /// Names of every rule that matched the request (collected only when tracing).
     pub matched_rules: Vec<String>,
     /// The verified caller, when a token was verified.
     pub identity: Option<Rc<Identity>>,
@@ -135,6 +135,23 @@ impl Decision {
     /// Whether the request continues upstream (allowed, or denied in audit mode).
     pub fn passes(&self) -> bool {
         self.allowed || !self.enforced
+    }
+
+    /// `allow`, `deny`, or `audit_deny` (denied, but passed because of audit mode).
+    pub fn outcome(&self) -> &'static str {
+        match (self.allowed, self.passes()) {
+            (true, _) => "allow",
+            (false, true) => "audit_deny",
+            (false, false) => "deny",
+        }
+    }
+
+    /// The status the client gets: 200 when the request passes, else the reason's status.
+    pub fn status(&self) -> u16 {
+        match &self.reason {
+            Some(reason) if !self.passes() => reason.response().status,
+            _ => 200,
+        }
     }
 }
 
@@ -298,28 +315,19 @@ impl Engine {
             });
         };
         record(trace, "algorithm", true, || format!("{alg} is allowed"));
-        let keys = match (&issuer.remote_jwks, self.inline_keys.get(issuer_index)) {
-            (Some(_), inline) => match remote.get(issuer_index) {
-                Some(fetched) => fetched,
-                // Inline keys, if any, serve until the first fetch lands.
-                None => match inline.filter(|k| !k.is_empty()) {
-                    Some(inline) => inline,
-                    None => {
-                        record(trace, "key", false, || {
-                            "remote key set not fetched yet".to_owned()
-                        });
-                        return Err(DenyReason::KeysUnavailable {
-                            issuer: issuer.name.clone(),
-                        });
-                    }
-                },
-            },
-            (None, Some(inline)) => inline,
-            (None, None) => {
-                return Err(DenyReason::UnknownKey {
-                    kid: decoded.kid.clone(),
-                });
-            }
+        // Fetched keys win; inline keys serve alone, or until the first fetch lands.
+        let inline = self.inline_keys.get(issuer_index).filter(|k| !k.is_empty());
+        let fetched = issuer
+            .remote_jwks
+            .as_ref()
+            .and_then(|_| remote.get(issuer_index));
+        let Some(keys) = fetched.or(inline) else {
+            record(trace, "key", false, || {
+                "remote key set not fetched yet".to_owned()
+            });
+            return Err(DenyReason::KeysUnavailable {
+                issuer: issuer.name.clone(),
+            });
         };
         token::verify_with_issuer(&decoded, alg, issuer, keys, now, trace)?;
         Ok(self.identity_from(issuer_index, issuer, decoded))
@@ -461,22 +469,25 @@ impl Engine {
                 Some(Matched { rule, captures })
             })
             .collect();
-        decision.matched_rules = matched
-            .iter()
-            .filter_map(|m| self.rule_name(m.rule))
-            .collect();
-        record(&mut trace, "match", !matched.is_empty(), || {
-            format!(
-                "{} {host} {path}: {} candidate rule(s), matched {:?}",
-                request.method,
-                self.candidates(path).len(),
-                decision.matched_rules
-            )
-        });
+        if trace.is_some() {
+            // Rule names are only for explanations: not collected on the filter's hot path.
+            decision.matched_rules = matched
+                .iter()
+                .filter_map(|m| self.rule_name(m.rule))
+                .collect();
+            record(&mut trace, "match", !matched.is_empty(), || {
+                format!(
+                    "{} {host} {path}: {} candidate rule(s), matched {:?}",
+                    request.method,
+                    self.candidates(path).len(),
+                    decision.matched_rules
+                )
+            });
+        }
 
         if matched.is_empty() {
             return match self.policy.default {
-                DefaultAction::Allow => self.finish(decision, Ok(None), None, trace),
+                DefaultAction::Allow => self.finish(decision, Ok(()), None, trace),
                 DefaultAction::Deny => {
                     self.finish(decision, Err(DenyReason::NoRuleMatched), None, trace)
                 }
@@ -502,7 +513,7 @@ impl Engine {
             // Public rule: no token needed. A token is only looked at when a conditional deny
             // rule could apply to it.
             if conditional_denies.is_empty() || token.is_none() {
-                return self.finish(decision, Ok(None), Some(public), trace);
+                return self.finish(decision, Ok(()), Some(public), trace);
             }
         }
         let Some(token) = token else {
@@ -519,7 +530,7 @@ impl Engine {
                     record(&mut trace, "token", false, || {
                         format!("{reason}; public rule applies")
                     });
-                    return self.finish(decision, Ok(None), Some(public), trace);
+                    return self.finish(decision, Ok(()), Some(public), trace);
                 }
                 let decider = matched.first();
                 return self.finish_all(decision, Err(reason), decider, &matched, trace);
@@ -557,7 +568,7 @@ impl Engine {
             }
         }
         if let Some(public) = public {
-            return self.finish(decision, Ok(None), Some(public), trace);
+            return self.finish(decision, Ok(()), Some(public), trace);
         }
         let mut first_failure: Option<(&Matched, DenyReason)> = None;
         for allow in matched.iter().filter(|m| !is_deny(m)) {
@@ -571,7 +582,7 @@ impl Engine {
                     record(&mut trace, "rule", true, || {
                         format!("`{name}` is satisfied")
                     });
-                    return self.finish(decision, Ok(None), Some(allow), trace);
+                    return self.finish(decision, Ok(()), Some(allow), trace);
                 }
                 Err(reason) => {
                     record(&mut trace, "rule", false, || reason.to_string());
@@ -632,7 +643,8 @@ impl Engine {
         requirement: &Requirement,
         identity: &Identity,
     ) -> Result<(), DenyReason> {
-        let rule = self.rule_name(matched.rule).unwrap_or_default();
+        // The rule name is only needed to explain a failure: no allocation on success.
+        let rule = || self.rule_name(matched.rule).unwrap_or_default();
         if !requirement.issuers.is_empty()
             && !requirement
                 .issuers
@@ -640,12 +652,12 @@ impl Engine {
                 .any(|&i| i as usize == identity.issuer_index)
         {
             return Err(DenyReason::IssuerNotAllowed {
-                rule,
+                rule: rule(),
                 issuer: identity.issuer.clone(),
             });
         }
         if !requirement.subjects.is_empty() && !requirement.subjects.contains(&identity.subject) {
-            return Err(DenyReason::SubjectNotAllowed { rule });
+            return Err(DenyReason::SubjectNotAllowed { rule: rule() });
         }
         let captures = &matched.captures;
         let roles_ok = (requirement.roles_any.is_empty()
@@ -660,7 +672,7 @@ impl Engine {
         if !roles_ok {
             if let Some(claim) = &identity.overage {
                 return Err(DenyReason::GroupsOverage {
-                    rule,
+                    rule: rule(),
                     claim: claim.clone(),
                 });
             }
@@ -671,7 +683,7 @@ impl Engine {
                 &requirement.roles_any
             };
             return Err(DenyReason::MissingRole {
-                rule,
+                rule: rule(),
                 required: wanted
                     .iter()
                     .map(|r| self.role_label(r, captures))
@@ -683,14 +695,14 @@ impl Engine {
             && !requirement.scopes_any.iter().any(|s| identity.has_scope(s))
         {
             return Err(DenyReason::MissingScope {
-                rule,
+                rule: rule(),
                 required: requirement.scopes_any.clone(),
                 all: false,
             });
         }
         if !requirement.scopes_all.iter().all(|s| identity.has_scope(s)) {
             return Err(DenyReason::MissingScope {
-                rule,
+                rule: rule(),
                 required: requirement.scopes_all.clone(),
                 all: true,
             });
@@ -702,7 +714,7 @@ impl Engine {
     fn finish(
         &self,
         decision: Decision,
-        outcome: Result<Option<()>, DenyReason>,
+        outcome: Result<(), DenyReason>,
         decider: Option<&Matched>,
         trace: Trace<'_>,
     ) -> Decision {
@@ -716,7 +728,7 @@ impl Engine {
     fn finish_all(
         &self,
         decision: Decision,
-        outcome: Result<Option<()>, DenyReason>,
+        outcome: Result<(), DenyReason>,
         decider: Option<&Matched>,
         matched: &[Matched],
         trace: Trace<'_>,
@@ -734,7 +746,7 @@ impl Engine {
     fn complete(
         &self,
         mut decision: Decision,
-        outcome: Result<Option<()>, DenyReason>,
+        outcome: Result<(), DenyReason>,
         decider: Option<&Matched>,
         audit_rule: bool,
         trace: Trace<'_>,
@@ -743,7 +755,7 @@ impl Engine {
         decision.captures = decider.map(|m| m.captures.clone()).unwrap_or_default();
         decision.enforced = self.policy.mode == Mode::Enforce && !audit_rule;
         match outcome {
-            Ok(_) => decision.allowed = true,
+            Ok(()) => decision.allowed = true,
             Err(reason) => decision.reason = Some(reason),
         }
         if let Some(trace) = trace {

@@ -350,7 +350,15 @@ fn invalid(e: jwt_simple::Error) -> JwkError {
 impl Verifier {
     /// Builds the verifier of `alg` for a JWK (the caller checked [`JwkKey::fits`]).
     pub fn from_jwk(key: &JwkKey, alg: Algorithm) -> Result<Verifier, JwkError> {
-        let mismatch = JwkError::AlgKeyMismatch { alg, kty: "this" };
+        let mismatch = JwkError::AlgKeyMismatch {
+            alg,
+            kty: match key.family() {
+                KeyFamily::Rsa => "RSA",
+                KeyFamily::P256 => "P-256",
+                KeyFamily::P384 => "P-384",
+                KeyFamily::Ed25519 | KeyFamily::Hmac => "Ed25519",
+            },
+        };
         Ok(match (&key.material, alg) {
             (KeyMaterial::Rsa { n, e }, _) => match alg {
                 Algorithm::RS256 => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use claimgate_core::DenyReason;
 use claimgate_core::compiled::BeforeFirstFetch;
 use claimgate_core::engine::{Decision, Engine, Identity, RemoteKeys, Request};
-use claimgate_core::keys::{KeySet, parse_jwks};
+use claimgate_core::keys::{JwkKey, KeySet, parse_jwks};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
@@ -56,6 +56,8 @@ pub struct Shared {
     cache_order: VecDeque<String>,
     cache_bytes: usize,
     held: Vec<(u32, u64)>,
+    /// The keys each remote issuer verifies with now (inline keys until the first fetch).
+    fetched_keys: HashMap<usize, Vec<JwkKey>>,
     metrics: Metrics,
 }
 
@@ -76,6 +78,10 @@ impl Shared {
                 )
             })
             .collect();
+        let fetched_keys = engine
+            .remote_issuers()
+            .map(|(index, issuer)| (index, issuer.keys.clone()))
+            .collect();
         let metrics = Metrics::define(&engine);
         Shared {
             engine,
@@ -85,6 +91,7 @@ impl Shared {
             cache_order: VecDeque::new(),
             cache_bytes: 0,
             held: Vec::new(),
+            fetched_keys,
             metrics,
         }
     }
@@ -308,14 +315,22 @@ pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usi
                     );
                 }
                 let keys = KeySet::prepare(&jwks.keys, &config.algorithms);
+                // Tokens verified with a key that is gone must be checked again; a refresh
+                // that withdraws nothing keeps the cache warm.
+                let withdrawn = s
+                    .fetched_keys
+                    .get(&issuer)
+                    .is_some_and(|old| old.iter().any(|key| !jwks.keys.contains(key)));
+                if withdrawn {
+                    s.clear_cache();
+                }
+                s.fetched_keys.insert(issuer, jwks.keys);
                 log::info!(
                     "claimgate: issuer `{}`: {} keys fetched",
                     config.name,
                     keys.len()
                 );
                 s.remote.set(issuer, keys);
-                // Keys may have been withdrawn: tokens verified with them must be checked again.
-                s.clear_cache();
                 bump(s.metrics.jwks_ok);
                 if let Some(f) = s.fetch.get_mut(&issuer) {
                     f.next_fetch = now + refresh;
@@ -392,16 +407,18 @@ fn decide_and_apply(
     give_up: bool,
     held_since: u64,
 ) -> Verdict {
-    let headers = request_headers();
+    let mut headers = request_headers();
     let engine = shared.borrow().engine.clone();
-    let prefix = engine.policy().token.identity_header_prefix.clone();
-    // Identity headers are the filter's: whatever the client sent under them goes.
-    for (name, _) in headers
-        .iter()
-        .filter(|(n, _)| n.starts_with(prefix.as_str()))
-    {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-    }
+    let prefix = engine.policy().token.identity_header_prefix.as_str();
+    // Identity headers are the filter's: whatever the client sent under them goes, from the
+    // request and from what the rules match on.
+    headers.retain(|(name, _)| {
+        let spoofed = name.starts_with(prefix);
+        if spoofed {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        !spoofed
+    });
     let header = |name: &str| {
         headers
             .iter()
@@ -436,7 +453,7 @@ fn decide_and_apply(
             return verdict;
         }
     }
-    apply(shared, &engine, &request, &decision, &prefix)
+    apply(shared, &engine, &request, &decision, prefix)
 }
 
 /// Holds a request that waits for keys (first fetch, or a refetch for an unknown `kid`).
@@ -449,7 +466,7 @@ fn maybe_hold(
     now: u64,
     held_since: u64,
 ) -> Option<Verdict> {
-    let issuer = match &decision.reason {
+    let waits = match &decision.reason {
         Some(DenyReason::KeysUnavailable { issuer }) => {
             let index = engine
                 .policy()
@@ -463,30 +480,27 @@ fn maybe_hold(
             let s = shared.borrow();
             let fetch = s.fetch.get(&index)?;
             // Hold only while the first fetch can still succeed.
-            if fetch.fetched_once && fetch.in_flight.is_none() {
-                return None;
-            }
-            index
+            !fetch.fetched_once || fetch.in_flight.is_some()
         }
         Some(DenyReason::UnknownKey { .. }) => {
             let index = engine.claimed_issuer(engine.bearer_token(request)?)?;
             let mut s = shared.borrow_mut();
             let fetch = s.fetch.get_mut(&index)?;
+            // Wait for a fetch under way, or start one unless one ran moments ago.
             if fetch.in_flight.is_none() {
                 if now.saturating_sub(fetch.last_refetch) < REFETCH_MIN_INTERVAL_SECS {
                     return None;
                 }
                 fetch.last_refetch = now;
                 start_fetch(&mut s, index, now);
-                if s.fetch.get(&index).is_none_or(|f| f.in_flight.is_none()) {
-                    return None;
-                }
             }
-            index
+            s.fetch.get(&index).is_some_and(|f| f.in_flight.is_some())
         }
-        _ => return None,
+        _ => false,
     };
-    let _ = issuer;
+    if !waits {
+        return None;
+    }
     shared.borrow_mut().held.push((context_id, held_since));
     Some(Verdict::Held)
 }
@@ -548,12 +562,10 @@ fn apply(
                 }
             }
         }
-        let outcome = if decision.allowed {
-            "allow"
-        } else {
-            "audit_deny"
-        };
-        let _ = hostcalls::set_property(vec!["claimgate.decision"], Some(outcome.as_bytes()));
+        let _ = hostcalls::set_property(
+            vec!["claimgate.decision"],
+            Some(decision.outcome().as_bytes()),
+        );
         return Verdict::Continue;
     }
     let Some(reason) = &decision.reason else {
@@ -583,14 +595,10 @@ fn apply(
 /// One structured line per decision. Never the token.
 fn audit(engine: &Engine, request: &Request<'_>, decision: &Decision, request_id: &str) {
     let identity = decision.identity.as_deref();
-    let status = match (&decision.reason, decision.passes()) {
-        (Some(reason), false) => reason.response().status,
-        _ => 200,
-    };
     let path = claimgate_core::matcher::strip_query(request.path);
     let line = serde_json::json!({
-        "decision": if decision.allowed { "allow" } else if decision.passes() { "audit_deny" } else { "deny" },
-        "status": status,
+        "decision": decision.outcome(),
+        "status": decision.status(),
         "reason": decision.reason.as_ref().map(|r| r.code()),
         "detail": decision.reason.as_ref().map(|r| r.to_string()),
         "rule": decision.rule,

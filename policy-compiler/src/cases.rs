@@ -11,9 +11,7 @@ use std::rc::Rc;
 use claimgate_core::engine::Request;
 use serde::Deserialize;
 
-use crate::{
-    CliError, Exit, TestArgs, compile_file, engine_from, read_file, status_of, token_argument,
-};
+use crate::{CliError, Exit, TestArgs, compile_file, engine_from, read_file, token_argument};
 
 /// A cases file.
 #[derive(Debug, Deserialize)]
@@ -102,13 +100,7 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        let header_name = engine
-            .policy()
-            .token
-            .headers
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "authorization".to_owned());
+        let header_name = engine.policy().token.primary_header().to_owned();
         if let Some(token) = &case.token {
             let token = match token.strip_prefix('@') {
                 Some(file) => token_argument(&format!("@{}", base.join(file).display()))?,
@@ -155,10 +147,10 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
             ));
         }
         if let Some(status) = case.expect.status {
-            if status_of(&decision) != status {
+            if decision.status() != status {
                 failures.push(format!(
                     "status: expected {status}, got {}",
-                    status_of(&decision)
+                    decision.status()
                 ));
             }
         }

@@ -306,14 +306,6 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
     Ok(remote)
 }
 
-/// The status the filter answers with for a decision.
-pub fn status_of(decision: &Decision) -> u16 {
-    match (&decision.reason, decision.passes()) {
-        (_, true) | (None, _) => 200,
-        (Some(reason), false) => reason.response().status,
-    }
-}
-
 /// Renders a decision for people.
 pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     use std::fmt::Write as _;
@@ -375,13 +367,7 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
     if let Some(token) = &args.token {
         let token = token_argument(token)?;
         // The token goes in the first configured header, as a client would send it.
-        let name = engine
-            .policy()
-            .token
-            .headers
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "authorization".to_owned());
+        let name = engine.policy().token.primary_header().to_owned();
         headers.push((name, format!("Bearer {token}")));
     }
     let request = Request {
@@ -399,7 +385,7 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
     );
     if args.json {
         let out = serde_json::json!({
-            "status": status_of(&decision),
+            "status": decision.status(),
             "code": decision.reason.as_ref().map(|r| r.code()),
             "message": decision.reason.as_ref().map(|r| r.to_string()),
             "www_authenticate": decision.reason.as_ref().and_then(|r| r.response().www_authenticate),
