@@ -649,18 +649,26 @@ fn compile_jwks(
         );
     }
     let remote = match (&source.uri, &source.cluster) {
-        (Some(uri), Some(cluster)) => {
-            if !(uri.get_ref().starts_with("https://") || uri.get_ref().starts_with("http://")) {
-                cx.error(
-                    "bad_jwks_uri",
-                    &uri.span(),
-                    format!("`{}` is not an http(s) URL", uri.get_ref()),
-                    None,
-                );
-            }
-            if cluster.get_ref().is_empty() {
-                cx.error("bad_cluster", &cluster.span(), "`cluster` is empty", None);
-            }
+        (Some(uri), cluster) => {
+            // Without an explicit cluster, the one istiod builds for the URL's host.
+            let endpoint = match crate::mesh::HttpEndpoint::parse(uri.get_ref()) {
+                Ok(endpoint) => Some(endpoint),
+                Err(message) => {
+                    cx.error("bad_jwks_uri", &uri.span(), message, None);
+                    None
+                }
+            };
+            let cluster_name = match cluster {
+                Some(cluster) => {
+                    if cluster.get_ref().is_empty() {
+                        cx.error("bad_cluster", &cluster.span(), "`cluster` is empty", None);
+                    }
+                    Some(cluster.get_ref().clone())
+                }
+                None => endpoint
+                    .as_ref()
+                    .map(crate::mesh::HttpEndpoint::istio_cluster),
+            };
             let refresh_secs = duration_secs(cx, source.refresh.as_ref(), 600, "refresh");
             let timeout = match &source.timeout {
                 Some(t) => match parse_duration(t.get_ref()) {
@@ -687,25 +695,16 @@ fn compile_jwks(
                     );
                 }
             }
-            match (refresh_secs, timeout) {
-                (Some(refresh_secs), Some(timeout_ms)) => Some(RemoteJwks {
+            match (refresh_secs, timeout, cluster_name) {
+                (Some(refresh_secs), Some(timeout_ms), Some(cluster)) => Some(RemoteJwks {
                     uri: uri.get_ref().clone(),
-                    cluster: cluster.get_ref().clone(),
+                    cluster,
                     refresh_secs,
                     timeout_ms,
                     before_first_fetch: source.before_first_fetch,
                 }),
                 _ => None,
             }
-        }
-        (Some(uri), None) => {
-            cx.error(
-                "uri_without_cluster",
-                &uri.span(),
-                "`uri` needs `cluster`: the Envoy cluster the filter calls to reach it",
-                Some("in Istio: `outbound|443||HOST`, with a ServiceEntry for HOST (`claimgate manifest` emits it)"),
-            );
-            None
         }
         (None, Some(cluster)) => {
             cx.error(

@@ -18,6 +18,7 @@ pub mod compiled;
 pub mod engine;
 pub mod keys;
 pub mod matcher;
+pub mod mesh;
 pub mod reason;
 #[cfg(feature = "compiler")]
 pub mod source;

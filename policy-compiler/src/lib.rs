@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod manifest;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// claimgate: compile, check, explain and test claimgate policies.
+/// claimgate: compile, check, explain and test claimgate policies; emit Istio manifests.
 #[derive(Debug, Parser)]
 #[command(name = "claimgate", version, about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy.")]
 pub struct Cli {
@@ -58,6 +59,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run policy unit tests (requests + claims or tokens → expected decisions).
     Test(TestArgs),
+    /// Emit the Istio manifests that deploy a policy (WasmPlugin, ServiceEntry, DestinationRule).
+    Manifest(manifest::ManifestArgs),
 }
 
 /// `compile` arguments.
@@ -194,7 +197,7 @@ pub fn engine_from(compiled: &Compiled) -> Result<Engine, CliError> {
     blob::engine_from_plugin_config(&json).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-fn print_diagnostics(diagnostics: &[Diagnostic]) {
+pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
     for d in diagnostics {
         eprintln!("{d}");
     }
@@ -425,6 +428,7 @@ where
         Command::Check(args) => cmd_check(args),
         Command::Explain(args) => cmd_explain(args),
         Command::Test(args) => cases::cmd_test(args),
+        Command::Manifest(args) => manifest::cmd_manifest(args),
     };
     match result {
         Ok(exit) => exit.into(),
