@@ -1,0 +1,346 @@
+"""claimgate deployed the way Istio deploys it, against a real OpenID Provider.
+
+The policy is turned into manifests by `claimgate manifest`; the manifests are validated
+against Istio's CRD schemas; istio-agent's part (fetch the module from the WasmPlugin's URL,
+check its SHA-256) and istiod's part (WasmPlugin → ECDS TypedExtensionConfig, phase
+placement, ServiceEntry → outbound cluster) are done by e2e/mesh.py; Envoy receives the
+filter over ECDS from a watched file. Tokens come from oidc-provider's token endpoint
+(Keycloak-shaped and Entra-shaped instances), and the filter fetches their real JWKS.
+
+Every test runs against each installed Envoy version.
+"""
+
+import http.server
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import harness as h
+import idp
+import mesh
+
+WORKLOAD = {"namespace": "ml-serving", "labels": {"app": "fraud-scoring", "version": "v1"}, "service": "fraud-scoring", "port": 8080}
+AML = "fraud.westeurope.inference.ml.azure.com"
+
+POLICY = """
+version = 1
+name = "{name}"
+
+[issuers.keycloak]
+issuer          = "{kc_issuer}"
+audiences       = ["{kc_audience}"]
+audience_claims = ["aud", "azp"]
+algorithms      = ["RS256"]
+roles           = ["realm_access.roles", "resource_access.{kc_audience}.roles"]
+scopes          = ["scope"]
+client_claims   = ["azp"]
+[issuers.keycloak.jwks]
+uri     = "{kc_jwks}"
+refresh = "10s"
+
+[issuers.entra]
+issuer        = "{entra_issuer}"
+audiences     = ["{entra_audience}"]
+algorithms    = ["RS256"]
+roles         = ["roles", "groups"]
+scopes        = ["scp"]
+subject_claim = "oid"
+client_claims = ["azp"]
+[issuers.entra.jwks]
+uri     = "{entra_jwks}"
+refresh = "10m"
+
+[[rules]]
+name    = "fraud-score"
+hosts   = ["{aml}"]
+methods = ["POST"]
+paths   = ["/score"]
+allow   = {{ issuers = ["keycloak", "entra"], roles_any = ["ml-scorer", "Scoring.Invoke"] }}
+
+[[rules]]
+name  = "per-model"
+paths = ["/v2/models/{{model}}/infer"]
+allow = {{ issuers = ["keycloak"], roles_any = ["model.{{model}}.invoke"] }}
+
+[[rules]]
+name  = "analysts"
+paths = ["/v2/models/{{model}}/explain"]
+allow = {{ issuers = ["entra"], roles_any = ["{analyst_group}"], scopes_any = ["Score.Invoke"] }}
+{extra_rules}
+[revoked]
+subjects = [{revoked}]
+"""
+
+
+def policy_text(kc, entra, name="mesh", revoked=(), extra_rules=""):
+    return POLICY.format(
+        name=name,
+        kc_issuer=kc.issuer,
+        kc_jwks=kc.jwks_uri,
+        kc_audience=idp.KEYCLOAK_AUDIENCE,
+        entra_issuer=entra.issuer,
+        entra_jwks=entra.jwks_uri,
+        entra_audience=idp.ENTRA_AUDIENCE,
+        analyst_group=idp.entra_tenant()["users"][0]["groups"][0],
+        aml=AML,
+        revoked=", ".join(json.dumps(s) for s in revoked),
+        extra_rules=extra_rules,
+    )
+
+
+class ModuleServer:
+    """Serves the built .wasm over HTTP, as a registry or in-cluster file server would."""
+
+    def __init__(self, folder):
+        folder = str(folder)
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=folder, **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def manifest(policy_path, wasm_url, extra=()):
+    args = [h.CLAIMGATE, "manifest", policy_path, "--wasm-url", wasm_url, "--wasm", h.WASM, "--namespace", WORKLOAD["namespace"], "--selector", "app=fraud-scoring", "--port", "8080", *extra]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return mesh.load(out.stdout)
+
+
+def mesh_bootstrap(listen_port, admin_port, upstream_port, filters, clusters):
+    inbound = f"inbound|{WORKLOAD['port']}||"
+    return {
+        # Istio's node identity for a sidecar (ECDS subscriptions need one).
+        "node": {"id": "sidecar~127.0.0.1~fraud-scoring-v1-0.ml-serving~ml-serving.svc.cluster.local", "cluster": "fraud-scoring.ml-serving"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "virtualInbound",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "inbound_0.0.0.0_8080",
+                                        "route_config": {
+                                            "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound}}]}]
+                                        },
+                                        "http_filters": filters,
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": inbound,
+                    "connect_timeout": "1s",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": inbound,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}],
+                    },
+                },
+                *clusters,
+            ],
+        },
+    }
+
+
+class Mesh:
+    """One sidecar's worth of Istio, built from the manifests, around real Envoy."""
+
+    def __init__(self, binary, workdir):
+        self.workdir = Path(workdir)
+        self.kc = idp.OidcProvider(idp.keycloak_realm(), h.free_port(), workdir)
+        self.entra = idp.OidcProvider(idp.entra_tenant(), h.free_port(), workdir)
+        self.upstream = h.Upstream()
+        self.modules = ModuleServer(h.WASM.parent)
+        self.agent = mesh.IstioAgent(self.workdir / "wasm-cache")
+        self.ecds = self.workdir / "ecds" / "claimgate.json"
+        self.ecds.parent.mkdir()
+        self.version = 0
+        self.docs = self.push(policy_text(self.kc, self.entra))
+        plugins = [d for d in self.docs if d["kind"] == "WasmPlugin" and mesh.applies_to(d, WORKLOAD)]
+        assert len(plugins) == 1
+        config = mesh_bootstrap(h.free_port(), h.free_port(), self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs))
+        self.envoy = h.Envoy(binary, config, workdir, concurrency=2)
+        self.envoy.wait_ready()
+
+    def push(self, policy, name="mesh"):
+        """Compile → manifests → validate → agent fetch → ECDS file: one istiod push."""
+        self.version += 1
+        path = self.workdir / f"policy-v{self.version}.toml"
+        path.write_text(policy)
+        docs = manifest(path, self.modules.url(h.WASM.name))
+        for doc in docs:
+            problems = mesh.validate(doc)
+            assert not problems, (doc["kind"], problems)
+        plugin = next(d for d in docs if d["kind"] == "WasmPlugin")
+        module = self.agent.fetch(plugin)
+        mesh.write_ecds(self.ecds, [mesh.extension_config(plugin, module)], self.version)
+        self.plugin = plugin
+        return docs
+
+    def keycloak_service(self, client="fraud-pipeline"):
+        return self.kc.client_token(client, f"{client}-secret", "score")
+
+    def stop(self):
+        self.envoy.stop()
+        for part in (self.kc, self.entra, self.upstream, self.modules):
+            part.stop()
+
+
+@pytest.fixture(scope="module", params=h.envoy_binaries() or [None], ids=lambda b: Path(b).parts[-7] if b else "no-envoy")
+def sidecar(request):
+    if request.param is None:
+        pytest.fail("no pinned Envoy binary found: run scripts/setup first")
+    for needed in (h.CLAIMGATE, h.WASM, idp.IDP_DIR / "node_modules" / "oidc-provider"):
+        assert Path(needed).exists(), f"{needed} missing: run scripts/setup"
+    m = Mesh(request.param, h.scratch())
+    yield m
+    m.stop()
+
+
+def wait_for_status(envoy, expected, timeout=15, **request):
+    last = None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        last = envoy.request(**request)
+        if last[0] == expected:
+            return last
+        time.sleep(0.25)
+    return last
+
+
+# --- manifests -------------------------------------------------------------------------
+
+
+def test_manifests_validate_against_istio_crds(sidecar):
+    kinds = sorted(d["kind"] for d in sidecar.docs)
+    assert kinds == ["ServiceEntry", "ServiceEntry", "WasmPlugin"]
+    spec = sidecar.plugin["spec"]
+    assert spec["failStrategy"] == "FAIL_CLOSE" and spec["phase"] == "AUTHN"
+    assert spec["sha256"] == mesh.hashlib.sha256(h.WASM.read_bytes()).hexdigest()
+    compiled = json.loads(h.compile_policy(sidecar.workdir / f"policy-v{sidecar.version}.toml"))
+    assert spec["pluginConfig"] == compiled, "the WasmPlugin carries exactly what `compile` prints"
+
+
+def test_validation_catches_what_the_api_server_would_refuse(sidecar):
+    plugin = json.loads(json.dumps(sidecar.plugin))
+    plugin["spec"]["failStrategy"] = "FAIL_SHUT"
+    plugin["spec"]["sha256"] = "not-hex"
+    plugin["spec"]["phse"] = "AUTHN"
+    plugin["spec"]["targetRefs"] = [{"kind": "Service", "name": "x"}]
+    problems = " ".join(mesh.validate(plugin))
+    for expected in ("FAIL_SHUT", "not-hex", "phse", "only one of targetRefs or selector"):
+        assert expected in problems, problems
+
+
+def test_istio_agent_refuses_a_module_with_another_checksum(sidecar, tmp_path):
+    plugin = json.loads(json.dumps(sidecar.plugin))
+    plugin["spec"]["sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        mesh.IstioAgent(tmp_path).fetch(plugin)
+
+
+def test_plugin_selection_follows_selector_namespace_and_mode(sidecar):
+    plugin = sidecar.plugin
+    assert mesh.applies_to(plugin, WORKLOAD)
+    assert not mesh.applies_to(plugin, dict(WORKLOAD, labels={"app": "other"}))
+    assert not mesh.applies_to(plugin, dict(WORKLOAD, namespace="default"))
+    assert not mesh.applies_to(plugin, dict(WORKLOAD, port=9090))
+    outbound_only = json.loads(json.dumps(plugin))
+    outbound_only["spec"]["match"] = [{"mode": "CLIENT"}]
+    assert not mesh.applies_to(outbound_only, WORKLOAD)
+
+
+# --- tokens from the real provider ------------------------------------------------------
+
+
+def test_keycloak_service_account_is_allowed_with_identity_upstream(sidecar):
+    token = sidecar.keycloak_service()
+    claims = idp.claims_of(token)
+    assert claims["realm_access"]["roles"] == ["ml-scorer"] and claims["azp"] == "fraud-pipeline"
+    status, _, body = sidecar.envoy.request("/score", method="POST", host=AML, token=token)
+    assert status == 200, body
+    seen = json.loads(body)["headers"]
+    assert seen["x-claimgate-subject"] == "fraud-pipeline"
+    assert seen["x-claimgate-issuer"] == "keycloak"
+    assert seen["x-claimgate-rule"] == "fraud-score"
+
+
+def test_keycloak_service_account_without_the_role_is_forbidden(sidecar):
+    status, headers, body = sidecar.envoy.request("/score", method="POST", host=AML, token=sidecar.keycloak_service("reporting"))
+    assert status == 403, body
+    assert json.loads(body)["error"] == "missing_role"
+
+
+def test_keycloak_user_from_the_login_flow_gets_only_her_model(sidecar):
+    alice = sidecar.kc.user_token("notebook", "notebook-secret", "alice", "alice-password", "score")
+    assert idp.claims_of(alice)["preferred_username"] == "alice"
+    assert sidecar.envoy.request("/v2/models/fraud/infer", method="POST", token=alice)[0] == 200
+    status, _, body = sidecar.envoy.request("/v2/models/churn/infer", method="POST", token=alice)
+    assert status == 403 and json.loads(body)["error"] == "missing_role"
+    bob = sidecar.kc.user_token("notebook", "notebook-secret", "bob", "bob-password", "score")
+    assert sidecar.envoy.request("/v2/models/fraud/infer", method="POST", token=bob)[0] == 403
+
+
+def test_entra_daemon_app_role_and_user_group_with_scope(sidecar):
+    entra = sidecar.entra
+    daemon = entra.client_token("3f1d9a52-0000-4000-8000-000000000d43", "daemon-secret", "Score.Invoke")
+    status, _, body = sidecar.envoy.request("/score", method="POST", host=AML, token=daemon)
+    assert status == 200, body
+    assert json.loads(body)["headers"]["x-claimgate-subject"] == "a7c2e1f0-0000-4000-8000-00000000da01"
+    carol = entra.user_token("9c8b7a65-0000-4000-8000-0000000000b1", "spa-secret", "carol@contoso.example", "carol-password", "Score.Invoke")
+    assert idp.claims_of(carol)["scp"] == "Score.Invoke"
+    assert sidecar.envoy.request("/v2/models/fraud/explain", method="POST", token=carol)[0] == 200
+    # The daemon has the app role but neither the group nor a delegated scope.
+    assert sidecar.envoy.request("/v2/models/fraud/explain", method="POST", token=daemon)[0] == 403
+
+
+def test_a_token_for_another_api_is_refused(sidecar):
+    # Keycloak's token is valid, but for the Keycloak audience; the Entra-only rule refuses it.
+    status, headers, body = sidecar.envoy.request("/v2/models/fraud/explain", method="POST", token=sidecar.keycloak_service())
+    assert status == 403, body
+
+
+def test_key_rotation_at_the_provider(sidecar):
+    envoy, kc = sidecar.envoy, sidecar.kc
+    before = sidecar.keycloak_service()
+    assert envoy.request("/score", method="POST", host=AML, token=before)[0] == 200
+    kids = kc.rotate()
+    after = sidecar.keycloak_service()
+    assert idp.header_of(after)["kid"] == kids[0] != idp.header_of(before)["kid"]
+    # New kid → the filter refetches the provider's JWKS and verifies.
+    status, _, body = envoy.request("/score", method="POST", host=AML, token=after)
+    assert status == 200, body
+    assert envoy.request("/score", method="POST", host=AML, token=before)[0] == 200, "old key still published"
+    kc.retire()
+    # After the next refresh (10 s) the retired key is gone and so are tokens it signed.
+    status, headers, body = wait_for_status(envoy, 401, timeout=25, path="/score", method="POST", host=AML, token=before)
+    assert status == 401, body
+    assert json.loads(body)["error"] == "unknown_key"
+    assert envoy.request("/score", method="POST", host=AML, token=after)[0] == 200
