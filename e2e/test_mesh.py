@@ -344,3 +344,97 @@ def test_key_rotation_at_the_provider(sidecar):
     assert status == 401, body
     assert json.loads(body)["error"] == "unknown_key"
     assert envoy.request("/score", method="POST", host=AML, token=after)[0] == 200
+
+
+# --- live policy push under load ---------------------------------------------------------
+
+REPORTS_RULE = """
+[[rules]]
+name  = "reports"
+paths = ["/v1/reports/*"]
+allow = { issuers = ["keycloak"], roles_any = ["reports-reader"] }
+"""
+
+
+class Load:
+    """Threads sending requests over kept-alive connections, recording every answer."""
+
+    def __init__(self, port, calls, threads=4):
+        self.port, self.calls = port, calls
+        self.results = []  # (thread, time, call name, status, error code)
+        self.failures = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, index):
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        n = 0
+        while not self.stopping.is_set():
+            name, path, host, token = self.calls[n % len(self.calls)]
+            n += 1
+            try:
+                conn.request("POST", path, body=b"{}", headers={"host": host, "authorization": f"Bearer {token}", "content-type": "application/json"})
+                response = conn.getresponse()
+                body = response.read()
+                code = json.loads(body).get("error") if response.status >= 400 else None
+                self.results.append((index, time.time(), name, response.status, code))
+            except Exception as e:  # a dropped or reset request is a failure of the push
+                self.failures.append((index, time.time(), name, repr(e)))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def test_live_policy_push_under_load(sidecar):
+    """Revoke a subject and add a rule while requests flow: every request is answered by
+    either the old or the new policy, never dropped, and the new one rules within seconds."""
+    kc = sidecar.kc
+    pipeline = sidecar.keycloak_service("fraud-pipeline")
+    reporting = sidecar.keycloak_service("reporting")
+    calls = [("pipeline", "/score", AML, pipeline), ("reporting", "/v1/reports/daily", "reports.ml.internal", reporting)]
+    old = {"pipeline": (200, None), "reporting": (403, "no_rule")}
+    new = {"pipeline": (401, "revoked"), "reporting": (200, None)}
+    v1 = policy_text(kc, sidecar.entra)
+    v2 = policy_text(kc, sidecar.entra, revoked=["fraud-pipeline"], extra_rules=REPORTS_RULE)
+    stats_before = sidecar.envoy.stats()
+    with Load(sidecar.envoy.port, calls) as load:
+        time.sleep(2)
+        pushed_at = time.time()
+        sidecar.push(v2)
+        time.sleep(6)
+    assert not load.failures, load.failures[:5]
+    results = load.results
+    assert len(results) > 200, f"only {len(results)} requests under load"
+    before = [r for r in results if r[1] < pushed_at]
+    assert before and all((r[3], r[4]) == old[r[2]] for r in before), "the old policy answered before the push"
+    for r in results:
+        assert (r[3], r[4]) in (old[r[2]], new[r[2]]), f"an answer from neither policy: {r}"
+    # Per connection, once the new policy answered, the old one never answers again.
+    switch = {}
+    for index, at, name, status, code in results:
+        if (status, code) == new[name]:
+            switch.setdefault(index, at)
+        elif index in switch:
+            raise AssertionError(f"thread {index} saw the old policy after the new one")
+    assert len(switch) == len(load.threads), "every connection saw the new policy"
+    took = max(switch.values()) - pushed_at
+    print(f"\nlive push: {len(results)} requests, 0 failed; new policy on every connection {took:.2f}s after the push")
+    assert took < 5, f"the new policy took {took:.1f}s"
+    stats = sidecar.envoy.stats()
+    version_gauge = [k for k in stats if k.endswith("claimgate.policy_version")]
+    assert version_gauge and stats[version_gauge[0]] != stats_before.get(version_gauge[0]), "policy version gauge moved"
+    # And back: the push that restores access is just as live.
+    sidecar.push(v1)
+    assert wait_for_status(sidecar.envoy, 200, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 200
