@@ -1,0 +1,205 @@
+"""The manifests users apply, checked without a cluster: Istio resources against Istio's CRD
+schemas (../shared/istio), Kubernetes resources for the mistakes that make them deploy but not
+work, the committed WasmPlugin against the compiler's output, and the kind path script by
+shellcheck and its dry run."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import harness as h
+import mesh
+
+ROOT = h.ROOT
+MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
+KIND_SCRIPT = ROOT / "e2e" / "kind" / "run.sh"
+KIND_POLICY = ROOT / "e2e" / "kind" / "policy.toml"
+SHELLCHECK = ROOT / ".tools" / "venv" / "bin" / "shellcheck"
+ISTIO_GROUPS = ("extensions.istio.io", "networking.istio.io", "security.istio.io")
+
+
+def all_docs():
+    return [(path.name, doc) for path in MANIFESTS for doc in mesh.load(path.read_text())]
+
+
+def test_there_are_manifests_for_every_part():
+    kinds = {(name, doc["kind"]) for name, doc in all_docs()}
+    for expected in [
+        ("claimgate-wasmplugin.yaml", "WasmPlugin"),
+        ("scoring.yaml", "Deployment"),
+        ("scoring.yaml", "Service"),
+        ("keycloak.yaml", "Deployment"),
+        ("keycloak.yaml", "ConfigMap"),
+        ("wasm-server.yaml", "Deployment"),
+    ]:
+        assert expected in kinds
+
+
+@pytest.mark.parametrize("name,doc", all_docs(), ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+def test_manifest_is_valid(name, doc):
+    if doc["apiVersion"].split("/")[0] in ISTIO_GROUPS:
+        assert mesh.validate(doc) == []
+    else:
+        assert kubernetes_problems(doc, [d for _, d in all_docs()]) == []
+
+
+def kubernetes_problems(doc, everything):
+    """What the API server accepts but leaves broken: selectors that match nothing, ports
+    that lead nowhere, objects in namespaces nobody creates."""
+    problems = []
+    kind, meta = doc["kind"], doc["metadata"]
+    namespaces = {d["metadata"]["name"] for d in everything if d["kind"] == "Namespace"}
+    if kind != "Namespace" and meta.get("namespace") not in namespaces:
+        problems.append(f"namespace {meta.get('namespace')} is not created by any manifest")
+    if kind == "Deployment":
+        spec = doc["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in spec["selector"]["matchLabels"].items()):
+            problems.append("selector does not match the pod template")
+        for c in spec["template"]["spec"]["containers"]:
+            if not c.get("image") or ":" not in c["image"] or c["image"].endswith(":latest"):
+                problems.append(f"container {c['name']}: image must be pinned")
+        volumes = {v["name"] for v in spec["template"]["spec"].get("volumes", [])}
+        for c in spec["template"]["spec"]["containers"]:
+            for m in c.get("volumeMounts", []):
+                if m["name"] not in volumes:
+                    problems.append(f"volume {m['name']} is mounted but not defined")
+    if kind == "Service":
+        pods = [
+            d
+            for d in everything
+            if d["kind"] == "Deployment"
+            and d["metadata"]["namespace"] == meta["namespace"]
+            and all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in doc["spec"]["selector"].items())
+        ]
+        if not pods:
+            problems.append("selector matches no Deployment")
+        ports = {p["containerPort"] for d in pods for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for p in doc["spec"]["ports"]:
+            if p.get("targetPort", p["port"]) not in ports:
+                problems.append(f"port {p['port']} targets no container port")
+    return problems
+
+
+def test_committed_wasmplugin_is_what_the_compiler_emits():
+    committed = (ROOT / "manifests" / "claimgate-wasmplugin.yaml").read_text()
+    sha = re.search(r"^  sha256: ([0-9a-f]{64})$", committed, re.M).group(1)
+    out = subprocess.run(
+        [h.CLAIMGATE, "manifest", "e2e/kind/policy.toml", "--wasm-url", "http://wasm-server.claimgate-system.svc.cluster.local/claimgate.wasm", "--sha256", sha, "--namespace", "ml-serving", "--selector", "app=fraud-scoring", "--port", "8080"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == committed, "manifests/claimgate-wasmplugin.yaml is stale: regenerate it (README, 'Deploying with Istio')"
+
+
+def test_the_realm_gives_what_the_kind_policy_asks_for():
+    realm_doc = next(d for n, d in all_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ml-realm")
+    realm = json.loads(realm_doc["data"]["ml-realm.json"])
+    keycloak = next(d for n, d in all_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "keycloak")
+    env = {e["name"]: e.get("value") for e in keycloak["spec"]["template"]["spec"]["containers"][0]["env"]}
+    policy = KIND_POLICY.read_text()
+    assert f'issuer          = "{env["KC_HOSTNAME"]}/realms/{realm["realm"]}"' in policy
+    realm_roles = {r["name"] for r in realm["roles"]["realm"]}
+    assert "ml-scorer" in realm_roles and '"ml-scorer"' in policy
+    clients = {c["clientId"]: c for c in realm["clients"]}
+    script = KIND_SCRIPT.read_text()
+    for client in ("fraud-pipeline", "reporting"):
+        assert f"token_for {client}" in script
+        assert clients[client]["secret"] == f"{client}-secret" and clients[client]["serviceAccountsEnabled"]
+        audiences = {m["config"]["included.client.audience"] for m in clients[client]["protocolMappers"]}
+        assert audiences == {"azureml-scoring"} and 'audiences       = ["azureml-scoring"]' in policy
+    accounts = {u["serviceAccountClientId"]: set(u["realmRoles"]) for u in realm["users"]}
+    assert "ml-scorer" in accounts["fraud-pipeline"] and "ml-scorer" not in accounts["reporting"]
+
+
+@pytest.mark.parametrize("policy", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_example_emits_valid_istio_manifests(policy):
+    out = subprocess.run(
+        [h.CLAIMGATE, "manifest", policy, "--wasm-url", "oci://ghcr.io/example/claimgate:0.1.0", "--sha256", "ab" * 32, "--namespace", "ml-serving", "--selector", "app=scorer"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    docs = mesh.load(out.stdout)
+    for doc in docs:
+        assert mesh.validate(doc) == [], doc["kind"]
+    compiled = json.loads(h.compile_policy(policy))
+    assert docs[0]["spec"]["pluginConfig"] == compiled
+    if "https://" in policy.read_text() and "uri" in policy.read_text():
+        assert {"ServiceEntry", "DestinationRule"} <= {d["kind"] for d in docs}
+
+
+def test_manifest_command_refuses_bad_arguments(tmp_path):
+    base = [h.CLAIMGATE, "manifest", KIND_POLICY, "--wasm-url", "oci://x/y:1"]
+    cases = [
+        (["--sha256", "xyz"], "64 hex"),
+        (["--sha256", "ab" * 32, "--name", "Bad_Name"], "not a Kubernetes name"),
+        (["--sha256", "ab" * 32, "--target-ref", "Pod/x"], "is not Gateway"),
+        (["--wasm", str(KIND_POLICY)], "not a WebAssembly module"),
+    ]
+    for extra, message in cases:
+        out = subprocess.run([*base, *extra], capture_output=True, text=True)
+        assert out.returncode == 1 and message in out.stderr, (extra, out.stderr)
+    out = subprocess.run([h.CLAIMGATE, "manifest", KIND_POLICY, "--wasm-url", "ftp://x", "--sha256", "ab" * 32], capture_output=True, text=True)
+    assert out.returncode == 1 and "must start with" in out.stderr
+
+
+def test_gateway_target_drops_the_sidecar_match():
+    out = subprocess.run(
+        [h.CLAIMGATE, "manifest", KIND_POLICY, "--wasm-url", "oci://x/y:1", "--sha256", "ab" * 32, "--target-ref", "Gateway/inference-gateway"],
+        capture_output=True,
+        text=True,
+    )
+    plugin = mesh.load(out.stdout)[0]
+    assert plugin["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "inference-gateway"}]
+    assert "match" not in plugin["spec"] and "selector" not in plugin["spec"]
+    assert mesh.validate(plugin) == []
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = [KIND_SCRIPT, ROOT / ".ci" / "run", *sorted((ROOT / "scripts").iterdir())]
+    out = subprocess.run([SHELLCHECK, *scripts], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+def test_kind_path_dry_run_prints_every_step():
+    out = subprocess.run([KIND_SCRIPT, "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    commands = [line[2:] for line in out.stderr.splitlines() if line.startswith("+ ")]
+    text = "\n".join(commands)
+    order = [
+        "kind create cluster",
+        "istioctl install",
+        "kubectl apply -f manifests/keycloak.yaml",
+        "kubectl apply -f manifests/scoring.yaml",
+        "kubectl apply -f manifests/wasm-server.yaml",
+        "kubectl cp target/wasm32-wasip1/release/claimgate_filter.wasm",
+        "target/release/claimgate manifest e2e/kind/policy.toml",
+        "kubectl apply -f /",
+        "openid-connect/token",
+        "kind delete cluster",
+    ]
+    positions = [text.find(step) for step in order]
+    assert all(p >= 0 for p in positions), [s for s, p in zip(order, positions) if p < 0]
+    assert positions == sorted(positions), "steps out of order"
+    applied = re.findall(r"kubectl apply -f (manifests/\S+)", text)
+    assert applied and all((ROOT / a).exists() for a in applied)
+    assert "would expect 401: fraud-pipeline after revocation" in out.stdout
+    assert "Bearer\\ \\<token\\>" in text and "TOKEN_FOR" not in text.replace("Bearer\\ \\<token\\>", "")
+
+
+def test_kubernetes_checks_catch_broken_wiring():
+    docs = [d for _, d in all_docs()]
+    service = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "fraud-scoring")))
+    service["spec"]["selector"] = {"app": "fraud-scorer"}
+    assert "selector matches no Deployment" in kubernetes_problems(service, docs)
+    deployment = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "fraud-scoring")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "python"
+    deployment["metadata"]["namespace"] = "ml"
+    problems = " ".join(kubernetes_problems(deployment, docs))
+    assert "must be pinned" in problems and "namespace ml" in problems
