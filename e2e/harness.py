@@ -148,7 +148,7 @@ def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwk
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {
                 "text_format_source": {
-                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject)% decision=%FILTER_STATE(wasm.claimgate.decision)%\n"
+                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%\n"
                 }
             },
         },

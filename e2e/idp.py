@@ -126,7 +126,7 @@ class OidcProvider:
         if not line.startswith("READY"):
             self.stop()
             raise RuntimeError(f"oidc-provider did not start: {line!r}\n{self.log_path.read_text()}")
-        self.discovery = self._get_json(self._mount() + "/.well-known/openid-configuration")
+        self.discovery = self.get_json(self._mount() + "/.well-known/openid-configuration")
         self.issuer = self.discovery["issuer"]
         self.jwks_uri = self.discovery["jwks_uri"]
         self.token_endpoint = self.discovery["token_endpoint"]
@@ -137,7 +137,7 @@ class OidcProvider:
             return f"http://{HOST}:{self.port}/realms/{self.config['realm']}"
         return f"http://{HOST}:{self.port}/{self.config['tenant']}"
 
-    def _get_json(self, url):
+    def get_json(self, url):
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.loads(r.read())
 

@@ -10,9 +10,7 @@ filter over ECDS from a watched file. Tokens come from oidc-provider's token end
 Every test runs against each installed Envoy version.
 """
 
-import http.server
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,8 +20,7 @@ import pytest
 import harness as h
 import idp
 import mesh
-
-WORKLOAD = {"namespace": "ml-serving", "labels": {"app": "fraud-scoring", "version": "v1"}, "service": "fraud-scoring", "port": 8080}
+from localmesh import WORKLOAD, LocalMesh
 AML = "fraud.westeurope.inference.ml.azure.com"
 
 POLICY = """
@@ -92,134 +89,13 @@ def policy_text(kc, entra, name="mesh", revoked=(), extra_rules=""):
     )
 
 
-class ModuleServer:
-    """Serves the built .wasm over HTTP, as a registry or in-cluster file server would."""
-
-    def __init__(self, folder):
-        folder = str(folder)
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=folder, **kwargs)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, name):
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def stop(self):
-        self.server.shutdown()
-
-
-def manifest(policy_path, wasm_url, extra=()):
-    args = [h.CLAIMGATE, "manifest", policy_path, "--wasm-url", wasm_url, "--wasm", h.WASM, "--namespace", WORKLOAD["namespace"], "--selector", "app=fraud-scoring", "--port", "8080", *extra]
-    out = subprocess.run(args, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return mesh.load(out.stdout)
-
-
-def mesh_bootstrap(listen_port, admin_port, upstream_port, filters, clusters):
-    inbound = f"inbound|{WORKLOAD['port']}||"
-    return {
-        # Istio's node identity for a sidecar (ECDS subscriptions need one).
-        "node": {"id": "sidecar~127.0.0.1~fraud-scoring-v1-0.ml-serving~ml-serving.svc.cluster.local", "cluster": "fraud-scoring.ml-serving"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "virtualInbound",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "inbound_0.0.0.0_8080",
-                                        "route_config": {
-                                            "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound}}]}]
-                                        },
-                                        "http_filters": filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": inbound,
-                    "connect_timeout": "1s",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": inbound,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}],
-                    },
-                },
-                *clusters,
-            ],
-        },
-    }
-
-
-class Mesh:
-    """One sidecar's worth of Istio, built from the manifests, around real Envoy."""
-
-    def __init__(self, binary, workdir):
-        self.workdir = Path(workdir)
-        self.kc = idp.OidcProvider(idp.keycloak_realm(), h.free_port(), workdir)
-        self.entra = idp.OidcProvider(idp.entra_tenant(), h.free_port(), workdir)
-        self.upstream = h.Upstream()
-        self.modules = ModuleServer(h.WASM.parent)
-        self.agent = mesh.IstioAgent(self.workdir / "wasm-cache")
-        self.ecds = self.workdir / "ecds" / "claimgate.json"
-        self.ecds.parent.mkdir()
-        self.version = 0
-        self.docs = self.push(policy_text(self.kc, self.entra))
-        plugins = [d for d in self.docs if d["kind"] == "WasmPlugin" and mesh.applies_to(d, WORKLOAD)]
-        assert len(plugins) == 1
-        config = mesh_bootstrap(h.free_port(), h.free_port(), self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs))
-        self.envoy = h.Envoy(binary, config, workdir, concurrency=2)
-        self.envoy.wait_ready()
-
-    def push(self, policy, name="mesh"):
-        """Compile → manifests → validate → agent fetch → ECDS file: one istiod push."""
-        self.version += 1
-        path = self.workdir / f"policy-v{self.version}.toml"
-        path.write_text(policy)
-        docs = manifest(path, self.modules.url(h.WASM.name))
-        for doc in docs:
-            problems = mesh.validate(doc)
-            assert not problems, (doc["kind"], problems)
-        plugin = next(d for d in docs if d["kind"] == "WasmPlugin")
-        module = self.agent.fetch(plugin)
-        mesh.write_ecds(self.ecds, [mesh.extension_config(plugin, module)], self.version)
-        self.plugin = plugin
-        return docs
-
-    def keycloak_service(self, client="fraud-pipeline"):
-        return self.kc.client_token(client, f"{client}-secret", "score")
-
-    def stop(self):
-        self.envoy.stop()
-        for part in (self.kc, self.entra, self.upstream, self.modules):
-            part.stop()
-
-
 @pytest.fixture(scope="module", params=h.envoy_binaries() or [None], ids=lambda b: Path(b).parts[-7] if b else "no-envoy")
 def sidecar(request):
     if request.param is None:
         pytest.fail("no pinned Envoy binary found: run scripts/setup first")
     for needed in (h.CLAIMGATE, h.WASM, idp.IDP_DIR / "node_modules" / "oidc-provider"):
         assert Path(needed).exists(), f"{needed} missing: run scripts/setup"
-    m = Mesh(request.param, h.scratch())
+    m = LocalMesh(request.param, h.scratch(), policy_text)
     yield m
     m.stop()
 
