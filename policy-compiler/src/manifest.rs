@@ -306,14 +306,16 @@ fn jwks_egress(endpoint: &HttpEndpoint, namespace: &str) -> Vec<Value> {
     let object_name = format!("claimgate-jwks-{}", endpoint.host.replace('.', "-"));
     let object_name: String = object_name.chars().take(63).collect();
     let object_name = object_name.trim_end_matches('-').to_owned();
-    let mut port = json!({
-        "number": endpoint.mesh_port(),
-        "name": if endpoint.originates_tls() { "http-tls-origination" } else { "http" },
-        "protocol": "HTTP",
-    });
-    if endpoint.originates_tls() {
-        port["targetPort"] = json!(endpoint.port);
-    }
+    let port = if endpoint.originates_tls() {
+        json!({
+            "number": endpoint.mesh_port(),
+            "name": "http-tls-origination",
+            "protocol": "HTTP",
+            "targetPort": endpoint.port,
+        })
+    } else {
+        json!({ "number": endpoint.port, "name": "http", "protocol": "HTTP" })
+    };
     let service_entry = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
