@@ -118,20 +118,29 @@ class LocalMesh:
         e.g. for the demo; by default the OS picks free ones."""
         kc_port, entra_port, listen_port, admin_port = ports or (h.free_port(), h.free_port(), h.free_port(), h.free_port())
         self.workdir = Path(workdir)
-        self.kc = idp.OidcProvider(idp.keycloak_realm(), kc_port, workdir)
-        self.entra = idp.OidcProvider(idp.entra_tenant(), entra_port, workdir)
-        self.upstream = h.Upstream()
-        self.modules = ModuleServer(h.WASM.parent)
-        self.agent = mesh.IstioAgent(self.workdir / "wasm-cache")
-        self.ecds = self.workdir / "ecds" / "claimgate.json"
-        self.ecds.parent.mkdir()
-        self.version = 0
-        self.docs = self.push(policy_for(self.kc, self.entra))
-        plugins = [d for d in self.docs if d["kind"] == "WasmPlugin" and mesh.applies_to(d, WORKLOAD)]
-        assert len(plugins) == 1
-        config = mesh_bootstrap(listen_port, admin_port, self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs))
-        self.envoy = h.Envoy(binary, config, workdir, concurrency=2)
-        self.envoy.wait_ready()
+        self.parts = []  # started so far, stopped in reverse on failure or stop()
+        try:
+            self.kc = self._started(idp.OidcProvider(idp.keycloak_realm(), kc_port, workdir))
+            self.entra = self._started(idp.OidcProvider(idp.entra_tenant(), entra_port, workdir))
+            self.upstream = self._started(h.Upstream())
+            self.modules = self._started(ModuleServer(h.WASM.parent))
+            self.agent = mesh.IstioAgent(self.workdir / "wasm-cache")
+            self.ecds = self.workdir / "ecds" / "claimgate.json"
+            self.ecds.parent.mkdir()
+            self.version = 0
+            self.docs = self.push(policy_for(self.kc, self.entra))
+            plugins = [d for d in self.docs if d["kind"] == "WasmPlugin" and mesh.applies_to(d, WORKLOAD)]
+            assert len(plugins) == 1, "the WasmPlugin does not select the sample workload"
+            config = mesh_bootstrap(listen_port, admin_port, self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs))
+            self.envoy = self._started(h.Envoy(binary, config, workdir, concurrency=2))
+            self.envoy.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _started(self, part):
+        self.parts.append(part)
+        return part
 
     def push(self, policy):
         """Compile → manifests → validate → agent fetch → ECDS file: one istiod push."""
@@ -152,6 +161,5 @@ class LocalMesh:
         return self.kc.client_token(client, f"{client}-secret", "score")
 
     def stop(self):
-        self.envoy.stop()
-        for part in (self.kc, self.entra, self.upstream, self.modules):
-            part.stop()
+        while self.parts:
+            self.parts.pop().stop()

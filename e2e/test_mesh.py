@@ -10,6 +10,7 @@ filter over ECDS from a watched file. Tokens come from oidc-provider's token end
 Every test runs against each installed Envoy version.
 """
 
+import hashlib
 import json
 import threading
 import time
@@ -119,7 +120,7 @@ def test_manifests_validate_against_istio_crds(sidecar):
     assert kinds == ["ServiceEntry", "ServiceEntry", "WasmPlugin"]
     spec = sidecar.plugin["spec"]
     assert spec["failStrategy"] == "FAIL_CLOSE" and spec["phase"] == "AUTHN"
-    assert spec["sha256"] == mesh.hashlib.sha256(h.WASM.read_bytes()).hexdigest()
+    assert spec["sha256"] == hashlib.sha256(h.WASM.read_bytes()).hexdigest()
     compiled = json.loads(h.compile_policy(sidecar.workdir / f"policy-v{sidecar.version}.toml"))
     assert spec["pluginConfig"] == compiled, "the WasmPlugin carries exactly what `compile` prints"
 
