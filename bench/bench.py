@@ -51,32 +51,6 @@ allow   = {{ issuers = ["keycloak"], roles_any = ["ml-scorer"] }}
 """
 
 
-def listener(port, filters):
-    return {
-        "name": "bench",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "bench",
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]}
-                                ]
-                            },
-                            "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                        },
-                    }
-                ]
-            }
-        ],
-    }
-
-
 def native_filters(jwks_text):
     return [
         {
@@ -131,28 +105,12 @@ def native_filters(jwks_text):
     ]
 
 
-def claimgate_filters(plugin_config):
-    return [
-        {
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "claimgate",
-                    "root_id": "claimgate",
-                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config},
-                    "vm_config": {"vm_id": "claimgate", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(h.WASM)}}},
-                },
-            },
-        }
-    ]
-
-
 def bootstrap(filters):
-    port, admin = h.free_port(), h.free_port()
+    """One listener answering a direct 200 after `filters` (no upstream to measure)."""
+    ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [listener(port, filters)]},
+        "admin": h.admin(h.free_port()),
+        "static_resources": {"listeners": [h.http_listener("bench", h.free_port(), filters, ok)]},
     }
 
 
@@ -226,7 +184,7 @@ def main():
     for name, lines in files.items():
         (work / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
-    setups = {"none": [], "native": native_filters(json.dumps(jwks)), "claimgate": claimgate_filters(plugin_config)}
+    setups = {"none": [], "native": native_filters(json.dumps(jwks)), "claimgate": [h.wasm_filter(plugin_config)]}
     results, memory, cold = {}, {}, {}
     for setup, filters in setups.items():
         folder = work / setup
@@ -254,7 +212,7 @@ def main():
             print(f"{scenario:<12} {setup:<10} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['non2xx']:>8}")
         c, n = results[("claimgate", scenario)], results[("native", scenario)]
         print(f"{'':<12} {'ratio':<10} {c['rps'] / n['rps']:>9.2f} {c['p50'] / n['p50']:>8.2f} {c['p99'] / n['p99']:>8.2f}   (claimgate / native)")
-    print(f"\nfirst-sight tokens, one connection, ms per request: " + ", ".join(f"{s} {cold[s]['ms']:.3f}" for s in setups))
+    print("\nfirst-sight tokens, one connection, ms per request: " + ", ".join(f"{s} {cold[s]['ms']:.3f}" for s in setups))
     verify = {s: cold[s]["ms"] - cold["none"]["ms"] for s in ("native", "claimgate")}
     print(f"  added over no auth: native {verify['native']:.3f} ms, claimgate {verify['claimgate']:.3f} ms (below ~0.05 ms is noise)")
     print("\nresident memory after the runs (KiB): " + ", ".join(f"{s} {memory[s]}" for s in setups))

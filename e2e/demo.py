@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h  # noqa: E402
-import idp  # noqa: E402
 from localmesh import LocalMesh  # noqa: E402
 
 POLICY = h.ROOT / "examples" / "local-demo.toml"

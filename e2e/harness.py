@@ -57,9 +57,8 @@ class Upstream:
 
             do_GET = do_POST = _answer
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
         self.server.shutdown()
@@ -89,9 +88,8 @@ class JwksServer:
                 self.end_headers()
                 self.wfile.write(out)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
         self.server.shutdown()
@@ -119,10 +117,14 @@ def compile_policy(policy_path):
     return out.stdout
 
 
-def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwks_port, fail_open=False):
-    """Envoy bootstrap as JSON (YAML is a superset). The wasm filter carries the pluginConfig
-    as a StringValue, as istiod delivers it."""
-    wasm_filter = {
+# --- Envoy configuration pieces (shared by the tests, the local mesh and the benchmark) ---
+
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def wasm_filter(plugin_config_json, fail_open=False):
+    """The claimgate filter with its pluginConfig in a StringValue, as istiod delivers it."""
+    return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -130,76 +132,87 @@ def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwk
                 "name": "claimgate",
                 "root_id": "claimgate",
                 "fail_open": fail_open,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": plugin_config_json,
-                },
-                "vm_config": {
-                    "vm_id": "claimgate",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(WASM)}},
-                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config_json},
+                "vm_config": {"vm_id": "claimgate", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(WASM)}}},
             },
         },
     }
-    access_log = {
+
+
+def access_log(line):
+    """Envoy's stdout access log with one text line per request (`line` ends without newline)."""
+    return {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-            "log_format": {
-                "text_format_source": {
-                    "inline_string": "ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%\n"
-                }
-            },
+            "log_format": {"text_format_source": {"inline_string": line + "\n"}},
         },
     }
 
-    def cluster(name, port):
-        return {
-            "name": name,
-            "connect_timeout": "1s",
-            "type": "STATIC",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
-            },
-        }
 
+def http_listener(name, port, http_filters, action, stat_prefix=None, logs=()):
+    """A loopback listener whose one route sends everything to `action` (`{"route": …}` or
+    `{"direct_response": …}`) through `http_filters` and the router."""
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix or name,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **action}]}]},
+        "http_filters": [*http_filters, ROUTER],
+    }
+    if logs:
+        manager["access_log"] = list(logs)
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "ingress",
-                                        "access_log": [access_log],
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "scoring"}}]}
-                                            ]
-                                        },
-                                        "http_filters": [
-                                            wasm_filter,
-                                            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [cluster("scoring", upstream_port), cluster("jwks", jwks_port)],
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
+    }
+
+
+def static_cluster(name, port, address="127.0.0.1"):
+    return {
+        "name": name,
+        "connect_timeout": "1s",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}]}],
         },
     }
+
+
+def admin(port):
+    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+
+
+def envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwks_port, fail_open=False):
+    """Envoy bootstrap as JSON (YAML is a superset): the filter in front of the scoring server,
+    a `jwks` cluster for the key server."""
+    log = access_log("ACCESS %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%")
+    return {
+        "admin": admin(admin_port),
+        "static_resources": {
+            "listeners": [http_listener("ingress", listen_port, [wasm_filter(plugin_config_json, fail_open)], {"route": {"cluster": "scoring"}}, logs=[log])],
+            "clusters": [static_cluster("scoring", upstream_port), static_cluster("jwks", jwks_port)],
+        },
+    }
+
+
+def stop_process(proc, log=None):
+    """Terminates a child process (killed after 10 s) and closes its log."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if log is not None:
+        log.close()
+
+
+def serve(handler_class):
+    """A threaded HTTP server on a free loopback port, serving in the background."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 class Envoy:
@@ -260,12 +273,7 @@ class Envoy:
             return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read().decode()
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 def envoy_binaries():

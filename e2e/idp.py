@@ -11,14 +11,14 @@ import base64
 import hashlib
 import http.cookiejar
 import json
-import re
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from harness import stop_process
 
 IDP_DIR = Path(__file__).resolve().parent / "idp"
 SERVER = IDP_DIR / "server.mjs"
@@ -226,29 +226,19 @@ class OidcProvider:
             return json.loads(r.read())["kids"]
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log)
+
+
+def _jwt_part(token, index):
+    part = token.split(".")[index]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
 def claims_of(token):
     """The payload of a JWT, unverified (for assertions on its shape)."""
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return _jwt_part(token, 1)
 
 
 def header_of(token):
-    head = token.split(".")[0]
-    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-
-
-def wait_for(predicate, timeout=15, interval=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+    """The JOSE header of a JWT."""
+    return _jwt_part(token, 0)

@@ -7,7 +7,6 @@ Entra-shaped). Used by test_mesh.py and the demo.
 
 import http.server
 import subprocess
-import threading
 from pathlib import Path
 
 import harness as h
@@ -18,17 +17,10 @@ WORKLOAD = {"namespace": "ml-serving", "labels": {"app": "fraud-scoring", "versi
 
 
 # Envoy's access log prints the identity the filter exposes as filter state.
-ACCESS_LOG = {
-    "name": "envoy.access_loggers.stdout",
-    "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-        "log_format": {
-            "text_format_source": {
-                "inline_string": "ACCESS %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% rule=%FILTER_STATE(wasm.claimgate.rule:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%\n"
-            }
-        },
-    },
-}
+ACCESS_LOG = h.access_log(
+    "ACCESS %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% subject=%FILTER_STATE(wasm.claimgate.subject:PLAIN)% "
+    "rule=%FILTER_STATE(wasm.claimgate.rule:PLAIN)% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)%"
+)
 
 
 class ModuleServer:
@@ -44,9 +36,8 @@ class ModuleServer:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = h.serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, name):
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -63,49 +54,14 @@ def manifest(policy_path, wasm_url, extra=()):
 
 
 def mesh_bootstrap(listen_port, admin_port, upstream_port, filters, clusters):
+    """A sidecar's inbound side: `filters` (ECDS entries and the router) before the workload."""
     inbound = f"inbound|{WORKLOAD['port']}||"
+    listener = h.http_listener("virtualInbound", listen_port, filters, {"route": {"cluster": inbound}}, stat_prefix="inbound_0.0.0.0_8080", logs=[ACCESS_LOG])
     return {
         # Istio's node identity for a sidecar (ECDS subscriptions need one).
         "node": {"id": "sidecar~127.0.0.1~fraud-scoring-v1-0.ml-serving~ml-serving.svc.cluster.local", "cluster": "fraud-scoring.ml-serving"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "virtualInbound",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "inbound_0.0.0.0_8080",
-                                        "access_log": [ACCESS_LOG],
-                                        "route_config": {
-                                            "virtual_hosts": [{"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": inbound}}]}]
-                                        },
-                                        "http_filters": filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": inbound,
-                    "connect_timeout": "1s",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": inbound,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}],
-                    },
-                },
-                *clusters,
-            ],
-        },
+        "admin": h.admin(admin_port),
+        "static_resources": {"listeners": [listener], "clusters": [h.static_cluster(inbound, upstream_port), *clusters]},
     }
 
 

@@ -17,6 +17,7 @@ run the manifests users apply.
 """
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -73,6 +74,7 @@ def _closed(schema):
     return schema
 
 
+@functools.lru_cache(maxsize=None)
 def crd_schema(api_version, kind):
     """The closed OpenAPI schema of a served CRD version, or None for kinds not in shared/."""
     group, _, version = api_version.rpartition("/")
@@ -216,7 +218,7 @@ def extension_config(plugin, module_path, runtime="envoy.wasm.runtime.v8"):
 
 def http_filters(plugins, ecds_path):
     """The HTTP filter chain: plugins ordered by phase, then priority (higher first), each
-    fetched over ECDS from `ecds_path`; then the router."""
+    fetched over ECDS from `ecds_path` (the router goes after them)."""
     ordered = sorted(plugins, key=lambda p: (PHASE_ORDER[p["spec"].get("phase", "UNSPECIFIED_PHASE")], -p["spec"].get("priority", 0)))
     chain = []
     for plugin in ordered:
@@ -232,7 +234,6 @@ def http_filters(plugins, ecds_path):
                 },
             }
         )
-    chain.append({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     return chain
 
 

@@ -3,10 +3,10 @@ schemas (../shared/istio), Kubernetes resources for the mistakes that make them 
 work, the committed WasmPlugin against the compiler's output, and the kind path script by
 shellcheck and its dry run."""
 
+import functools
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +21,10 @@ SHELLCHECK = ROOT / ".tools" / "venv" / "bin" / "shellcheck"
 ISTIO_GROUPS = ("extensions.istio.io", "networking.istio.io", "security.istio.io")
 
 
+@functools.lru_cache(maxsize=None)
 def all_docs():
-    return [(path.name, doc) for path in MANIFESTS for doc in mesh.load(path.read_text())]
+    """(file name, document) for every manifest, parsed once; tests change only copies."""
+    return tuple((path.name, doc) for path in MANIFESTS for doc in mesh.load(path.read_text()))
 
 
 def test_there_are_manifests_for_every_part():

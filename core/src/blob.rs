@@ -81,6 +81,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of `bytes` as 64 lower-case hex digits (the form Istio's `sha256` fields take).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&digest_of(bytes))
+}
+
 /// Encodes a compiled policy; returns the blob and its digest string.
 pub fn encode(policy: &CompiledPolicy) -> Result<(Vec<u8>, String), DecodeError> {
     let payload = postcard::to_allocvec(policy).map_err(|e| DecodeError::Payload(e.to_string()))?;

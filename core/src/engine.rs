@@ -263,11 +263,9 @@ impl Engine {
         })
     }
 
-    /// Which issuer a token claims to come from, without trusting it (for JWKS refetch on an
-    /// unknown `kid`).
-    pub fn claimed_issuer(&self, raw: &str) -> Option<usize> {
-        let decoded = token::decode(raw).ok()?;
-        self.issuer_by_iss.get(decoded.issuer()?).copied()
+    /// The index of the issuer a policy calls `name` (as deny reasons name it).
+    pub fn issuer_index(&self, name: &str) -> Option<usize> {
+        self.policy.issuers.iter().position(|i| i.name == name)
     }
 
     /// Verifies a token and reads the caller's identity out of it.

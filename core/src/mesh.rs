@@ -11,6 +11,10 @@ pub struct HttpEndpoint {
     pub host: String,
     /// Port, explicit or the scheme's default.
     pub port: u16,
+    /// The authority as the URL wrote it (host and explicit port): the request's `:authority`.
+    pub authority: String,
+    /// Path and query, `/` when the URL has none: the request's `:path`.
+    pub path: String,
 }
 
 impl HttpEndpoint {
@@ -25,6 +29,13 @@ impl HttpEndpoint {
             return Err(format!("`{url}` is not an http(s) URL"));
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let after = rest.get(authority.len()..).unwrap_or_default();
+        let after = after.split('#').next().unwrap_or_default();
+        let path = match after.chars().next() {
+            Some('/') => after.to_owned(),
+            Some(_) => format!("/{after}"),
+            None => "/".to_owned(),
+        };
         if authority.contains('@') || authority.contains('[') {
             return Err(format!(
                 "`{url}`: user info and IP-literal hosts are not supported"
@@ -46,6 +57,8 @@ impl HttpEndpoint {
             tls,
             host: host.to_ascii_lowercase(),
             port,
+            authority: authority.to_owned(),
+            path,
         })
     }
 
@@ -97,6 +110,13 @@ mod tests {
         );
         assert!(!k.tls && k.in_cluster());
         assert_eq!(HttpEndpoint::parse("http://idp?x").unwrap().port, 80);
+        assert_eq!(HttpEndpoint::parse("http://idp?x").unwrap().path, "/?x");
+        let keys = HttpEndpoint::parse("https://Idp:8443/realms/ml/certs?v=1#frag").unwrap();
+        assert_eq!(
+            (keys.authority.as_str(), keys.path.as_str()),
+            ("Idp:8443", "/realms/ml/certs?v=1")
+        );
+        assert_eq!(HttpEndpoint::parse("https://idp").unwrap().path, "/");
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum DenyReason {
     },
     /// No key of the issuer matches the token's `kid` and `alg`.
     UnknownKey {
+        /// Issuer name (the filter refetches its key set).
+        issuer: String,
         /// The token's `kid`, if any.
         kid: Option<String>,
     },
@@ -308,10 +310,16 @@ impl fmt::Display for DenyReason {
                 write!(f, "algorithm `{alg}` is not allowed")
             }
             DenyReason::UnknownIssuer { iss } => write!(f, "issuer `{iss}` is not trusted"),
-            DenyReason::UnknownKey { kid: Some(kid) } => {
-                write!(f, "no key with kid `{kid}` fits the token")
+            DenyReason::UnknownKey {
+                issuer,
+                kid: Some(kid),
+            } => write!(
+                f,
+                "no key of issuer `{issuer}` with kid `{kid}` fits the token"
+            ),
+            DenyReason::UnknownKey { issuer, kid: None } => {
+                write!(f, "no key of issuer `{issuer}` fits the token")
             }
-            DenyReason::UnknownKey { kid: None } => f.write_str("no key fits the token"),
             DenyReason::KeysUnavailable { issuer } => {
                 write!(f, "keys of issuer `{issuer}` are not available yet")
             }

@@ -177,6 +177,7 @@ pub(crate) fn verify_with_issuer(
             )
         });
         return Err(DenyReason::UnknownKey {
+            issuer: issuer.name.clone(),
             kid: kid.map(str::to_owned),
         });
     }

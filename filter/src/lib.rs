@@ -30,6 +30,13 @@ mod entry {
     }}
 }
 
+/// A JWKS callout answered; the root and the request that started a refetch both get these.
+fn deliver_jwks(shared: Option<&Rc<RefCell<Shared>>>, token_id: u32, body_size: usize) {
+    if let Some(shared) = shared {
+        state::jwks_response(shared, token_id, body_size, now_secs());
+    }
+}
+
 fn now_secs() -> u64 {
     hostcalls::get_current_time()
         .ok()
@@ -51,9 +58,7 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(shared) = &self.shared {
-            state::jwks_response(shared, token_id, body_size, now_secs());
-        }
+        deliver_jwks(self.shared.as_ref(), token_id, body_size);
     }
 }
 
@@ -137,9 +142,7 @@ impl Context for Request {
         _trailers: usize,
     ) {
         // A refetch this request triggered (unknown `kid`); held requests are re-decided.
-        if let Some(shared) = &self.shared {
-            state::jwks_response(shared, token_id, body_size, now_secs());
-        }
+        deliver_jwks(self.shared.as_ref(), token_id, body_size);
     }
 }
 

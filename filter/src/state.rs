@@ -8,10 +8,14 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use claimgate_core::DenyReason;
 use claimgate_core::compiled::BeforeFirstFetch;
 use claimgate_core::engine::{Decision, Engine, Identity, RemoteKeys, Request};
 use claimgate_core::keys::{JwkKey, KeySet, parse_jwks};
+use claimgate_core::matcher::Captures;
+use claimgate_core::mesh::HttpEndpoint;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
@@ -47,13 +51,38 @@ struct IssuerFetch {
     fetched_once: bool,
 }
 
+/// The request headers the filter owns, named once per policy (`<prefix><field>`).
+struct IdentityHeaders {
+    subject: String,
+    issuer: String,
+    client: String,
+    roles: String,
+    rule: String,
+    policy_version: String,
+}
+
+impl IdentityHeaders {
+    fn new(prefix: &str) -> IdentityHeaders {
+        IdentityHeaders {
+            subject: format!("{prefix}subject"),
+            issuer: format!("{prefix}issuer"),
+            client: format!("{prefix}client"),
+            roles: format!("{prefix}roles"),
+            rule: format!("{prefix}rule"),
+            policy_version: format!("{prefix}policy-version"),
+        }
+    }
+}
+
 /// State shared by a root context and its HTTP contexts.
 pub struct Shared {
     engine: Rc<Engine>,
+    identity_headers: Rc<IdentityHeaders>,
     remote: RemoteKeys,
     fetch: HashMap<usize, IssuerFetch>,
-    cache: HashMap<String, CachedIdentity>,
-    cache_order: VecDeque<String>,
+    /// Verified tokens; the key is shared with `cache_order` (one copy of each token).
+    cache: HashMap<Rc<str>, CachedIdentity>,
+    cache_order: VecDeque<Rc<str>>,
     cache_bytes: usize,
     held: Vec<(u32, u64)>,
     /// The keys each remote issuer verifies with now (inline keys until the first fetch).
@@ -83,8 +112,12 @@ impl Shared {
             .map(|(index, issuer)| (index, issuer.keys.clone()))
             .collect();
         let metrics = Metrics::define(&engine);
+        let identity_headers = Rc::new(IdentityHeaders::new(
+            &engine.policy().token.identity_header_prefix,
+        ));
         Shared {
             engine,
+            identity_headers,
             remote: RemoteKeys::default(),
             fetch,
             cache: HashMap::new(),
@@ -115,7 +148,7 @@ impl Shared {
         let valid_until = identity
             .exp
             .map_or(now + 300, |exp| exp.saturating_add(skew));
-        let bytes = token.len() * 2 + identity.roles.iter().map(String::len).sum::<usize>() + 256;
+        let bytes = token.len() + identity.roles.iter().map(String::len).sum::<usize>() + 256;
         while (self.cache.len() >= CACHE_MAX_ENTRIES || self.cache_bytes + bytes > CACHE_MAX_BYTES)
             && !self.cache_order.is_empty()
         {
@@ -125,8 +158,9 @@ impl Shared {
                 }
             }
         }
+        let key: Rc<str> = Rc::from(token);
         if let Some(previous) = self.cache.insert(
-            token.to_owned(),
+            key.clone(),
             CachedIdentity {
                 identity,
                 valid_until,
@@ -135,7 +169,7 @@ impl Shared {
         ) {
             self.cache_bytes = self.cache_bytes.saturating_sub(previous.bytes);
         } else {
-            self.cache_order.push_back(token.to_owned());
+            self.cache_order.push_back(key);
         }
         self.cache_bytes += bytes;
     }
@@ -206,32 +240,24 @@ impl Metrics {
 
 // === JWKS ===
 
-fn split_uri(uri: &str) -> (String, String) {
-    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-    match rest.find('/') {
-        Some(slash) => (
-            rest.get(..slash).unwrap_or("").to_owned(),
-            rest.get(slash..).unwrap_or("/").to_owned(),
-        ),
-        None => (rest.to_owned(), "/".to_owned()),
-    }
-}
-
 fn start_fetch(shared: &mut Shared, issuer: usize, now: u64) {
-    let Some(config) = shared
-        .engine
+    let engine = shared.engine.clone();
+    let Some(config) = engine
         .policy()
         .issuers
         .get(issuer)
-        .and_then(|i| i.remote_jwks.clone())
+        .and_then(|i| i.remote_jwks.as_ref())
     else {
         return;
     };
-    let (authority, path) = split_uri(&config.uri);
+    // The compiler checked the URL with the same parser.
+    let Ok(endpoint) = HttpEndpoint::parse(&config.uri) else {
+        return;
+    };
     let headers = vec![
         (":method", "GET"),
-        (":path", path.as_str()),
-        (":authority", authority.as_str()),
+        (":path", endpoint.path.as_str()),
+        (":authority", endpoint.authority.as_str()),
         ("accept", "application/json"),
     ];
     match hostcalls::dispatch_http_call(
@@ -287,7 +313,8 @@ pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usi
         else {
             return;
         };
-        let config = s.engine.policy().issuers.get(issuer).cloned();
+        let engine = s.engine.clone();
+        let config = engine.policy().issuers.get(issuer);
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten();
@@ -337,7 +364,7 @@ pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usi
                 }
             }
             (Err(error), config) => {
-                let name = config.map(|c| c.name).unwrap_or_default();
+                let name = config.map_or("", |c| c.name.as_str());
                 log::warn!(
                     "claimgate: issuer `{name}`: JWKS fetch failed ({error}); keeping the last good keys"
                 );
@@ -408,7 +435,10 @@ fn decide_and_apply(
     held_since: u64,
 ) -> Verdict {
     let mut headers = request_headers();
-    let engine = shared.borrow().engine.clone();
+    let (engine, names) = {
+        let s = shared.borrow();
+        (s.engine.clone(), s.identity_headers.clone())
+    };
     let prefix = engine.policy().token.identity_header_prefix.as_str();
     // Identity headers are the filter's: whatever the client sent under them goes, from the
     // request and from what the rules match on.
@@ -447,20 +477,17 @@ fn decide_and_apply(
     };
 
     if !give_up {
-        if let Some(verdict) = maybe_hold(
-            shared, &engine, &request, &decision, context_id, now, held_since,
-        ) {
+        if let Some(verdict) = maybe_hold(shared, &engine, &decision, context_id, now, held_since) {
             return verdict;
         }
     }
-    apply(shared, &engine, &request, &decision, prefix)
+    apply(shared, &engine, &request, &decision, &names)
 }
 
 /// Holds a request that waits for keys (first fetch, or a refetch for an unknown `kid`).
 fn maybe_hold(
     shared: &Rc<RefCell<Shared>>,
     engine: &Engine,
-    request: &Request<'_>,
     decision: &Decision,
     context_id: u32,
     now: u64,
@@ -468,11 +495,7 @@ fn maybe_hold(
 ) -> Option<Verdict> {
     let waits = match &decision.reason {
         Some(DenyReason::KeysUnavailable { issuer }) => {
-            let index = engine
-                .policy()
-                .issuers
-                .iter()
-                .position(|i| &i.name == issuer)?;
+            let index = engine.issuer_index(issuer)?;
             let config = engine.policy().issuers.get(index)?.remote_jwks.as_ref()?;
             if config.before_first_fetch == BeforeFirstFetch::Reject {
                 return None;
@@ -482,8 +505,8 @@ fn maybe_hold(
             // Hold only while the first fetch can still succeed.
             !fetch.fetched_once || fetch.in_flight.is_some()
         }
-        Some(DenyReason::UnknownKey { .. }) => {
-            let index = engine.claimed_issuer(engine.bearer_token(request)?)?;
+        Some(DenyReason::UnknownKey { issuer, .. }) => {
+            let index = engine.issuer_index(issuer)?;
             let mut s = shared.borrow_mut();
             let fetch = s.fetch.get_mut(&index)?;
             // Wait for a fetch under way, or start one unless one ran moments ago.
@@ -514,7 +537,7 @@ fn apply(
     engine: &Engine,
     request: &Request<'_>,
     decision: &Decision,
-    prefix: &str,
+    names: &IdentityHeaders,
 ) -> Verdict {
     let version = engine.digest();
     let request_id = request.header("x-request-id").unwrap_or("");
@@ -529,32 +552,26 @@ fn apply(
     }
     if decision.passes() {
         if let Some(identity) = &decision.identity {
+            let rule = decision.rule.as_deref().unwrap_or("");
             let roles = identity.roles.join(",");
             let add = |name: &str, value: &str| {
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    &format!("{prefix}{name}"),
-                    Some(value),
-                );
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             };
-            add("subject", &identity.subject);
-            add("issuer", &identity.issuer);
+            add(&names.subject, &identity.subject);
+            add(&names.issuer, &identity.issuer);
             if let Some(client) = &identity.client {
-                add("client", client);
+                add(&names.client, client);
             }
-            add("roles", &roles);
-            add("rule", decision.rule.as_deref().unwrap_or(""));
-            add("policy-version", version);
+            add(&names.roles, &roles);
+            add(&names.rule, rule);
+            add(&names.policy_version, version);
             for (key, value) in [
-                ("subject", identity.subject.as_str()),
-                ("issuer", identity.issuer.as_str()),
-                ("rule", decision.rule.as_deref().unwrap_or("")),
+                ("claimgate.subject", identity.subject.as_str()),
+                ("claimgate.issuer", identity.issuer.as_str()),
+                ("claimgate.rule", rule),
             ] {
-                // One path element: Envoy stores it as filter state `wasm.claimgate.<key>`.
-                let _ = hostcalls::set_property(
-                    vec![format!("claimgate.{key}").as_str()],
-                    Some(value.as_bytes()),
-                );
+                // One path element: Envoy stores it as filter state `wasm.<key>`.
+                let _ = hostcalls::set_property(vec![key], Some(value.as_bytes()));
             }
             if !engine.policy().token.forward_token {
                 for name in &engine.policy().token.headers {
@@ -592,26 +609,54 @@ fn apply(
     Verdict::Replied
 }
 
-/// One structured line per decision. Never the token.
+/// The audit record of one decision, borrowed from the request and the decision (serialised
+/// straight to the log line, fields in this order). Never the token.
+#[derive(Serialize)]
+struct AuditLine<'a> {
+    decision: &'a str,
+    status: u16,
+    reason: Option<&'a str>,
+    detail: Option<String>,
+    rule: Option<&'a str>,
+    issuer: Option<&'a str>,
+    subject: Option<&'a str>,
+    client: Option<&'a str>,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    #[serde(serialize_with = "captures_as_map")]
+    captures: &'a Captures,
+    deployment: Option<&'a str>,
+    request_id: &'a str,
+    policy_version: &'a str,
+}
+
+fn captures_as_map<S: serde::Serializer>(captures: &&Captures, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_map(captures.iter().map(|(k, v)| (k, v)))
+}
+
+/// One structured line per decision.
 fn audit(engine: &Engine, request: &Request<'_>, decision: &Decision, request_id: &str) {
     let identity = decision.identity.as_deref();
-    let path = claimgate_core::matcher::strip_query(request.path);
-    let line = serde_json::json!({
-        "decision": decision.outcome(),
-        "status": decision.status(),
-        "reason": decision.reason.as_ref().map(|r| r.code()),
-        "detail": decision.reason.as_ref().map(|r| r.to_string()),
-        "rule": decision.rule,
-        "issuer": identity.map(|i| i.issuer.as_str()),
-        "subject": identity.map(|i| i.subject.as_str()),
-        "client": identity.and_then(|i| i.client.as_deref()),
-        "method": request.method,
-        "host": request.host,
-        "path": path,
-        "captures": decision.captures.iter().cloned().collect::<HashMap<String, String>>(),
-        "deployment": request.header("azureml-model-deployment"),
-        "request_id": request_id,
-        "policy_version": engine.digest(),
-    });
-    log::info!("claimgate.audit {line}");
+    let line = AuditLine {
+        decision: decision.outcome(),
+        status: decision.status(),
+        reason: decision.reason.as_ref().map(|r| r.code()),
+        detail: decision.reason.as_ref().map(|r| r.to_string()),
+        rule: decision.rule.as_deref(),
+        issuer: identity.map(|i| i.issuer.as_str()),
+        subject: identity.map(|i| i.subject.as_str()),
+        client: identity.and_then(|i| i.client.as_deref()),
+        method: request.method,
+        host: request.host,
+        path: claimgate_core::matcher::strip_query(request.path),
+        captures: &decision.captures,
+        deployment: request.header("azureml-model-deployment"),
+        request_id,
+        policy_version: engine.digest(),
+    };
+    match serde_json::to_string(&line) {
+        Ok(line) => log::info!("claimgate.audit {line}"),
+        Err(error) => log::error!("claimgate: audit line not written: {error}"),
+    }
 }

@@ -10,14 +10,12 @@
 //! The output is a YAML stream for `kubectl apply -f -`.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 
 use claimgate_core::blob;
 use claimgate_core::mesh::HttpEndpoint;
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::{CliError, Exit, compile_file, print_diagnostics};
 
@@ -176,26 +174,17 @@ fn module_sha256(args: &ManifestArgs) -> Result<String, CliError> {
         .wasm
         .as_ref()
         .ok_or_else(|| CliError::Usage("give --wasm FILE or --sha256 HEX".into()))?;
-    let mut file = std::fs::File::open(path).map_err(|source| CliError::Io {
+    let bytes = std::fs::read(path).map_err(|source| CliError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|source| CliError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
     if !bytes.starts_with(b"\0asm") {
         return Err(CliError::Usage(format!(
             "{}: not a WebAssembly module",
             path.display()
         )));
     }
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(blob::sha256_hex(&bytes))
 }
 
 fn check_url(url: &str) -> Result<(), CliError> {
