@@ -30,7 +30,8 @@ import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_DIR = ROOT.parent / "shared" / "istio"
+# Istio's CRD schemas: $CLAIMGATE_SHARED/istio, by default shared/ beside the checkout.
+CRD_DIR = Path(os.environ.get("CLAIMGATE_SHARED") or ROOT.parent / "shared") / "istio"
 ROOT_NAMESPACE = "istio-system"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 

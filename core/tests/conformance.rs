@@ -27,15 +27,19 @@ use claimgate_core::keys::parse_jwks;
 use claimgate_core::token;
 use serde_json::Value;
 
+/// `$CLAIMGATE_SHARED/vectors`, by default `shared/` beside the checkout.
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+    std::env::var_os("CLAIMGATE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+        .join("vectors")
 }
 
 fn load(name: &str) -> Vec<Value> {
     let path = vectors_dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "conformance vectors missing at {}: {e} (CI has shared/ beside the checkout)",
+            "conformance vectors missing at {}: {e} (shared/ beside the checkout, or set CLAIMGATE_SHARED)",
             path.display()
         )
     });
