@@ -87,7 +87,7 @@ def main():
         print("  " + "\n  ".join(explained.stdout.strip().splitlines()[-4:]))
 
         print("\nLive revocation: push the policy with fraud-pipeline revoked (compile → WasmPlugin → ECDS) …")
-        revoked = POLICY.read_text().replace("subjects = []", 'subjects = ["fraud-pipeline"]')
+        revoked = POLICY.read_text().replace("keycloak = []", 'keycloak = ["fraud-pipeline"]')
         pushed = time.time()
         m.push(revoked)
         while show_quiet(envoy, pipeline) == 200 and time.time() - pushed < 10:

@@ -73,8 +73,8 @@ paths   = ["/spoof-probe"]
 headers = {{ "x-claimgate-subject" = "root" }}
 allow   = "anyone"
 
-[revoked]
-subjects = ["retired-pipeline"]
+[revoked.subjects]
+keycloak = ["retired-pipeline"]
 """
 
 

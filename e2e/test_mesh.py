@@ -69,8 +69,8 @@ name  = "analysts"
 paths = ["/v2/models/{{model}}/explain"]
 allow = {{ issuers = ["entra"], roles_any = ["{analyst_group}"], scopes_any = ["Score.Invoke"] }}
 {extra_rules}
-[revoked]
-subjects = [{revoked}]
+[revoked.subjects]
+keycloak = [{revoked}]
 """
 
 

@@ -16,11 +16,14 @@ use crate::algorithm::Algorithm;
 use crate::claims::ClaimPath;
 use crate::compiled::{
     CompiledIssuer, CompiledPolicy, CompiledRule, Effect, HostPattern, PathIndex, PathPattern,
-    Principal, RemoteJwks, Requirement, Revocations, RoleRef, Segment, TemplatePart, TokenSettings,
+    Principal, RemoteJwks, Requirement, Revocations, RoleRef, ScopedSubject, Segment, TemplatePart,
+    TokenSettings,
 };
 use crate::keys::{JwkKey, parse_jwks};
 use crate::matcher;
-use crate::source::{IssuerSource, JwksSource, PolicySource, PrincipalSource, RuleSource};
+use crate::source::{
+    IssuerSource, JwksSource, PolicySource, PrincipalSource, RevokedSubjects, RuleSource,
+};
 
 /// How bad a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -234,6 +237,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         .enumerate()
         .map(|(i, name)| (name.as_str(), i as u32))
         .collect();
+    let revoked_subjects = compile_revoked_subjects(&mut cx, &source, &issuer_index);
 
     let mut roles = Vec::new();
     let mut role_ids: HashMap<String, u32> = HashMap::new();
@@ -353,8 +357,9 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         rules,
         roles,
         path_index,
+        path_parameters: source.path_parameters,
         revoked: Revocations {
-            subjects: source.revoked.subjects.clone(),
+            subjects: revoked_subjects,
             token_ids: source.revoked.token_ids.clone(),
         },
         token: TokenSettings {
@@ -987,6 +992,76 @@ fn compile_rule(
     })
 }
 
+/// `[revoked] subjects`, scoped by issuer like rule subjects.
+fn compile_revoked_subjects(
+    cx: &mut Context<'_>,
+    source: &PolicySource,
+    issuers: &HashMap<&str, u32>,
+) -> Vec<ScopedSubject> {
+    let Some(subjects) = &source.revoked.subjects else {
+        return Vec::new();
+    };
+    let span = subjects.span();
+    let mut out = Vec::new();
+    let mut push = |cx: &mut Context<'_>, issuer: u32, subject: &str| {
+        if subject.is_empty() {
+            cx.error(
+                "empty_subject",
+                &span,
+                "`[revoked] subjects` names an empty subject".to_owned(),
+                Some("remove `\"\"`"),
+            );
+        } else {
+            out.push(ScopedSubject {
+                issuer,
+                subject: subject.to_owned(),
+            });
+        }
+    };
+    match subjects.get_ref() {
+        RevokedSubjects::List(list) => {
+            let only: Vec<u32> = issuers.values().copied().collect();
+            match only.as_slice() {
+                [issuer] => {
+                    for subject in list {
+                        push(cx, *issuer, subject);
+                    }
+                }
+                _ if list.is_empty() => {}
+                _ => cx.error(
+                    "unscoped_subjects",
+                    &span,
+                    "`[revoked] subjects` is a plain list, but the policy has several issuers and `sub` is unique per issuer only".to_owned(),
+                    Some("write `[revoked.subjects]` with one list per issuer, e.g. `keycloak = [\"svc-old\"]`"),
+                ),
+            }
+        }
+        RevokedSubjects::ByIssuer(by_issuer) => {
+            for (name, list) in by_issuer {
+                match issuers.get(name.as_str()) {
+                    Some(&issuer) => {
+                        for subject in list {
+                            push(cx, issuer, subject);
+                        }
+                    }
+                    None => {
+                        let known: Vec<&&str> = issuers.keys().collect();
+                        cx.error(
+                            "unknown_issuer",
+                            &span,
+                            format!("`[revoked.subjects]` names unknown issuer `{name}`"),
+                            Some(&format!("known issuers: {known:?}")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn compile_requirement(
     cx: &mut Context<'_>,
     rule: &str,
@@ -1051,9 +1126,47 @@ fn compile_requirement(
     };
     let roles_any = roles(&table.roles_any);
     let roles_all = roles(&table.roles_all);
+    // `sub` is unique per issuer only: a subject names a caller of the rule's issuers, or of
+    // the policy's only issuer.
+    let subject_issuers: Vec<u32> = if !issuer_ids.is_empty() {
+        issuer_ids.clone()
+    } else if issuers.len() == 1 {
+        issuers.values().copied().collect()
+    } else {
+        Vec::new()
+    };
+    if !table.subjects.is_empty() && subject_issuers.is_empty() {
+        cx.error(
+            "unscoped_subjects",
+            span,
+            format!(
+                "rule `{rule}` names subjects without saying whose: `sub` is unique per issuer only"
+            ),
+            Some("add `issuers = [\"…\"]` to the same table"),
+        );
+        ok = false;
+    }
+    if table.subjects.iter().any(String::is_empty) {
+        cx.error(
+            "empty_subject",
+            span,
+            format!("rule `{rule}` names an empty subject"),
+            Some("remove `\"\"` from `subjects`"),
+        );
+        ok = false;
+    }
+    let subjects = subject_issuers
+        .iter()
+        .flat_map(|&issuer| {
+            table.subjects.iter().map(move |subject| ScopedSubject {
+                issuer,
+                subject: subject.clone(),
+            })
+        })
+        .collect();
     ok.then_some(Requirement {
         issuers: issuer_ids,
-        subjects: table.subjects,
+        subjects,
         roles_any,
         roles_all,
         scopes_any: table.scopes_any,

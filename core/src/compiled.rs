@@ -65,6 +65,30 @@ pub struct CompiledPolicy {
     pub revoked: Revocations,
     /// Where the bearer token is looked for, and what is passed upstream.
     pub token: TokenSettings,
+    /// What `;` path parameters do to a request.
+    pub path_parameters: PathParameters,
+}
+
+/// What a `;` in the path does. Servlet containers (Tomcat, Spring) drop `;…` from each
+/// segment before routing, so `/public/..;/admin` is `/admin` to them: matching the raw text
+/// would let such a path walk around a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// A path with `;` is refused (400 `path_parameters`).
+    #[default]
+    Reject,
+    /// Each segment's `;…` part is removed before matching, as servlet containers read it.
+    Strip,
+}
+
+/// A subject as its issuer names it: `sub` is unique per issuer only (RFC 7519 §4.1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScopedSubject {
+    /// Index of the issuer in [`CompiledPolicy::issuers`].
+    pub issuer: u32,
+    /// The subject claim's value.
+    pub subject: String,
 }
 
 /// One trusted token issuer.
@@ -203,8 +227,8 @@ pub enum Principal {
 pub struct Requirement {
     /// Issuer indices (any of); empty accepts every issuer.
     pub issuers: Vec<u32>,
-    /// Subjects (any of).
-    pub subjects: Vec<String>,
+    /// Subjects (any of), each scoped by its issuer.
+    pub subjects: Vec<ScopedSubject>,
     /// At least one of these roles.
     pub roles_any: Vec<RoleRef>,
     /// Every one of these roles.
@@ -245,8 +269,8 @@ pub struct PathIndex {
 /// The revocation list.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Revocations {
-    /// Revoked subjects (compared with the subject claim).
-    pub subjects: Vec<String>,
+    /// Revoked subjects, each scoped by its issuer.
+    pub subjects: Vec<ScopedSubject>,
     /// Revoked token ids (`jti`).
     pub token_ids: Vec<String>,
 }
@@ -346,6 +370,17 @@ impl CompiledPolicy {
                         count: issuer_count,
                     });
                 }
+                if let Some(scoped) = req
+                    .subjects
+                    .iter()
+                    .find(|s| s.issuer as usize >= issuer_count)
+                {
+                    return Err(StructureError::IssuerIndex {
+                        rule: rule.name.clone(),
+                        index: scoped.issuer,
+                        count: issuer_count,
+                    });
+                }
                 for role in req.roles_any.iter().chain(&req.roles_all) {
                     if let RoleRef::Interned(index) = role {
                         if *index as usize >= role_count {
@@ -358,6 +393,18 @@ impl CompiledPolicy {
                     }
                 }
             }
+        }
+        if let Some(scoped) = self
+            .revoked
+            .subjects
+            .iter()
+            .find(|s| s.issuer as usize >= issuer_count)
+        {
+            return Err(StructureError::IssuerIndex {
+                rule: "[revoked]".to_owned(),
+                index: scoped.issuer,
+                count: issuer_count,
+            });
         }
         let mut indexed = vec![false; self.rules.len()];
         let all_entries = self

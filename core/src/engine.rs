@@ -169,7 +169,8 @@ pub struct Engine {
     role_ids: HashMap<String, u32>,
     index: HashMap<String, Vec<u32>>,
     unindexed: Vec<u32>,
-    revoked_subjects: HashSet<String>,
+    /// Revoked subjects by issuer index.
+    revoked_subjects: HashMap<usize, HashSet<String>>,
     revoked_token_ids: HashSet<String>,
 }
 
@@ -217,7 +218,13 @@ impl Engine {
                 (segment.clone(), merged)
             })
             .collect();
-        let revoked_subjects = policy.revoked.subjects.iter().cloned().collect();
+        let mut revoked_subjects: HashMap<usize, HashSet<String>> = HashMap::new();
+        for scoped in &policy.revoked.subjects {
+            revoked_subjects
+                .entry(scoped.issuer as usize)
+                .or_default()
+                .insert(scoped.subject.clone());
+        }
         let revoked_token_ids = policy.revoked.token_ids.iter().cloned().collect();
         Ok(Engine {
             policy,
@@ -606,7 +613,12 @@ impl Engine {
     }
 
     fn revoked(&self, identity: &Identity) -> Option<&'static str> {
-        if !identity.subject.is_empty() && self.revoked_subjects.contains(&identity.subject) {
+        if !identity.subject.is_empty()
+            && self
+                .revoked_subjects
+                .get(&identity.issuer_index)
+                .is_some_and(|subjects| subjects.contains(&identity.subject))
+        {
             return Some("subject");
         }
         identity
@@ -654,7 +666,12 @@ impl Engine {
                 issuer: identity.issuer.clone(),
             });
         }
-        if !requirement.subjects.is_empty() && !requirement.subjects.contains(&identity.subject) {
+        if !requirement.subjects.is_empty()
+            && !requirement.subjects.iter().any(|scoped| {
+                scoped.issuer as usize == identity.issuer_index
+                    && scoped.subject == identity.subject
+            })
+        {
             return Err(DenyReason::SubjectNotAllowed { rule: rule() });
         }
         let captures = &matched.captures;

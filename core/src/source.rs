@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::compiled::{BeforeFirstFetch, DefaultAction, Mode};
+use crate::compiled::{BeforeFirstFetch, DefaultAction, Mode, PathParameters};
 
 /// A policy file.
 #[derive(Debug, Deserialize)]
@@ -36,6 +36,9 @@ pub struct PolicySource {
     /// Revocation list.
     #[serde(default)]
     pub revoked: RevokedSource,
+    /// `reject` (default) or `strip` `;` path parameters.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
 }
 
 /// `[token]`.
@@ -191,10 +194,20 @@ pub struct PrincipalSource {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedSource {
-    /// Revoked subjects.
+    /// Revoked subjects: a list (single-issuer policies) or a table by issuer name.
     #[serde(default)]
-    pub subjects: Vec<String>,
+    pub subjects: Option<Spanned<RevokedSubjects>>,
     /// Revoked token ids.
     #[serde(default)]
     pub token_ids: Vec<String>,
+}
+
+/// `[revoked] subjects`: a plain list is only unambiguous when the policy has one issuer.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RevokedSubjects {
+    /// `subjects = ["a", "b"]`.
+    List(Vec<String>),
+    /// `[revoked.subjects] keycloak = ["a"]`.
+    ByIssuer(BTreeMap<String, Vec<String>>),
 }

@@ -231,6 +231,7 @@ fn engine_with(issuer: CompiledIssuer) -> Engine {
         path_index: PathIndex::default(),
         revoked: Revocations::default(),
         token: TokenSettings::default(),
+        path_parameters: Default::default(),
     };
     Engine::new(policy, String::new()).unwrap()
 }

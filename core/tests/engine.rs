@@ -110,8 +110,10 @@ audit = true
 allow = { roles_any = ["auditor"] }
 
 [revoked]
-subjects = ["retired-pipeline"]
 token_ids = ["leaked-jti"]
+
+[revoked.subjects]
+keycloak = ["retired-pipeline"]
 "#;
 
 fn fixture() -> Fixture {
@@ -230,6 +232,43 @@ fn entra_token_with_app_role() {
     let d = decide(&f, "POST", &format!("{AML}:443"), "/score", BLUE, Some(&t));
     assert!(d.allowed, "{:?}", d.reason);
     assert_eq!(d.identity.unwrap().subject, "obj-1");
+}
+
+/// Issue 8 defect 6: `sub` is unique per issuer only, so a subject revoked for Keycloak must
+/// not lock out an Entra caller whose subject has the same text (and vice versa: revocation
+/// of one issuer's subject never reaches another issuer's caller).
+#[test]
+fn revoked_subjects_are_scoped_by_issuer() {
+    let f = fixture();
+    let entra = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "oid": "retired-pipeline", "roles": ["ml-scorer"], "realm_access": null}),
+    );
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&entra));
+    assert!(d.allowed, "{:?}", d.reason);
+    let keycloak = sign(&f.kc, json!({"sub": "retired-pipeline"}));
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&keycloak));
+    assert_eq!(code(&d), "revoked");
+}
+
+#[test]
+fn unscoped_subjects_are_refused_in_multi_issuer_policies() {
+    let policy = POLICY
+        .replace(
+            "[revoked.subjects]\nkeycloak = [\"retired-pipeline\"]",
+            "subjects = [\"x\"]",
+        )
+        .replace(
+            "[revoked]",
+            "[[rules]]\nname = \"by-subject\"\npaths = [\"/by-subject\"]\nallow = { subjects = [\"alice\"] }\n\n[revoked]",
+        );
+    let reader = |_: &str| Ok(jwks(&[]));
+    let errors = compile(&policy, "policy.toml", &reader).unwrap_err();
+    let unscoped = errors
+        .iter()
+        .filter(|d| d.kind == "unscoped_subjects")
+        .count();
+    assert_eq!(unscoped, 2, "{errors:?}");
 }
 
 #[test]
