@@ -627,12 +627,13 @@ fn compile_jwks(
         };
         match parse_jwks(&text) {
             Ok(parsed) => {
-                for (index, error) in parsed.refused {
-                    cx.error(
-                        "bad_key",
+                // The same summary the filter logs for a fetched set: one line, bounded.
+                if !parsed.skipped.is_empty() {
+                    cx.warn(
+                        "skipped_keys",
                         &spanned_text.span(),
-                        format!("issuer `{issuer}`: key #{index}: {error}"),
-                        None,
+                        format!("issuer `{issuer}`: {}", parsed.skipped),
+                        Some("only public signature keys are used (`use` = `sig` or absent; RSA, P-256, P-384, Ed25519)"),
                     );
                 }
                 keys.extend(parsed.keys);

@@ -126,6 +126,34 @@ pub struct CompiledIssuer {
     pub client_claims: Vec<ClaimPath>,
 }
 
+impl CompiledIssuer {
+    /// An issuer with the compiler's defaults (audience claim `aud`, no audience checked,
+    /// skew 60 s, `exp` required, subject `sub`, client `azp`/`client_id`/`appid`) and no
+    /// keys: for tests and tools that build policies without the compiler.
+    pub fn new(name: &str, issuer: &str, algorithms: Vec<Algorithm>) -> CompiledIssuer {
+        CompiledIssuer {
+            name: name.to_owned(),
+            issuer: issuer.to_owned(),
+            audiences: Vec::new(),
+            audience_claims: vec![ClaimPath::top("aud")],
+            algorithms,
+            keys: Vec::new(),
+            hmac_secret: None,
+            remote_jwks: None,
+            clock_skew_secs: 60,
+            require_expiry: true,
+            max_lifetime_secs: None,
+            role_claims: Vec::new(),
+            scope_claims: Vec::new(),
+            subject_claim: ClaimPath::top("sub"),
+            client_claims: ["azp", "client_id", "appid"]
+                .into_iter()
+                .map(ClaimPath::top)
+                .collect(),
+        }
+    }
+}
+
 /// A JWKS endpoint the filter fetches through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteJwks {

@@ -4,6 +4,14 @@
 //! Only public signature keys are taken from a JWKS. Symmetric (`oct`) keys are never read
 //! from a key set: HMAC is only possible with a secret written into the policy on purpose,
 //! which rules out the "HMAC with the public key" confusion by construction.
+//!
+//! A key set is input from the network: its size and key count are bounded
+//! ([`MAX_JWKS_BYTES`], [`MAX_JWKS_KEYS`]), keys that cannot be used are summarised in one
+//! [`SkippedKeys`] (never one log line per key), and every text copied out of it is cut to
+//! a printable excerpt ([`printable`]). Choosing the key for a token is [`KeySet::select`]:
+//! at most one signature verification for a token without a matching `kid`.
+
+use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,6 +20,41 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::algorithm::{Algorithm, KeyFamily};
+use crate::compiled::CompiledIssuer;
+
+/// Largest key set accepted, in bytes: real ones are a few KiB.
+pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// Most keys accepted in one key set: real ones hold a handful.
+pub const MAX_JWKS_KEYS: usize = 100;
+/// How many skipped keys a [`SkippedKeys`] describes one by one.
+const SKIPPED_EXAMPLES: usize = 3;
+/// Longest excerpt of key-set text (types, curves, `alg`, `use`) kept in an error.
+const EXCERPT_CHARS: usize = 32;
+/// Longest `kid` copied into a reason, a log line or a diagnostic.
+pub const MAX_KID_CHARS: usize = 64;
+
+/// A bounded, printable excerpt of untrusted text for logs and reasons: at most `max_chars`
+/// characters (the last three `...` when cut), every character outside printable ASCII
+/// replaced by `?` (no control characters, no bidi overrides, no line breaks in a log).
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let clean = |c: char| {
+        if c == ' ' || c.is_ascii_graphic() {
+            c
+        } else {
+            '?'
+        }
+    };
+    if text.chars().count() <= max_chars {
+        return text.chars().map(clean).collect();
+    }
+    let mut out: String = text
+        .chars()
+        .take(max_chars.saturating_sub(3))
+        .map(clean)
+        .collect();
+    out.extend(std::iter::repeat_n('.', 3.min(max_chars)));
+    out
+}
 
 /// An elliptic curve the filter supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,10 +159,35 @@ pub enum JwkError {
     InvalidKey(String),
 }
 
+impl JwkError {
+    /// A short stable name of the problem, for counting skipped keys.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JwkError::NotObject => "not_object",
+            JwkError::MissingKty | JwkError::BadKty => "bad_kty",
+            JwkError::UnsupportedKty(_) => "unsupported_kty",
+            JwkError::SymmetricKey => "symmetric",
+            JwkError::NotForSignatures(_) => "not_for_signatures",
+            JwkError::BadAlg(_) => "unsupported_alg",
+            JwkError::AlgKeyMismatch { .. } => "alg_key_mismatch",
+            JwkError::MissingMember(_) | JwkError::BadMember(_) => "bad_member",
+            JwkError::UnsupportedCurve(_) => "unsupported_curve",
+            JwkError::WrongLength { .. } => "wrong_length",
+            JwkError::InvalidKey(_) => "invalid_key",
+        }
+    }
+}
+
 /// Why a whole key set was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwksError {
+    /// The body is larger than [`MAX_JWKS_BYTES`]; it is not parsed.
+    #[error("key set is {bytes} bytes, more than the {MAX_JWKS_BYTES} accepted")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
     /// The text is not JSON.
     #[error("key set is not valid JSON: {0}")]
     NotJson(String),
@@ -129,29 +197,116 @@ pub enum JwksError {
     /// The `keys` array is empty.
     #[error("key set has no keys")]
     Empty,
-    /// Every key was refused; the first reason is given.
-    #[error("key set has no usable key: key #{index}: {error}")]
+    /// The `keys` array holds more than [`MAX_JWKS_KEYS`] entries; none is read.
+    #[error("key set has {count} keys, more than the {MAX_JWKS_KEYS} accepted")]
+    TooManyKeys {
+        /// Number of entries.
+        count: usize,
+    },
+    /// Every key was skipped.
+    #[error("key set has no usable key: {skipped}")]
     NoUsableKey {
-        /// Index of the first refused key.
-        index: usize,
-        /// Why it was refused.
-        error: JwkError,
+        /// Why, in summary.
+        skipped: SkippedKeys,
     },
 }
 
-/// A parsed key set: the usable keys and the ones refused, with reasons.
+/// One key left out of a key set, described for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// Position in the `keys` array.
+    pub index: usize,
+    /// Its `kid` as a printable excerpt, if it has one.
+    pub kid: Option<String>,
+    /// Why it was left out.
+    pub error: JwkError,
+}
+
+/// The keys of a key set that were left out, in bounded form: counts per kind of problem
+/// and the first few keys in detail. Logged as one line per fetch, never one per key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SkippedKeys {
+    /// Number of keys left out.
+    pub count: usize,
+    /// Keys left out per [`JwkError::kind`], in order of first appearance.
+    pub by_kind: Vec<(&'static str, usize)>,
+    /// The first few keys left out.
+    pub first: Vec<SkippedKey>,
+}
+
+impl SkippedKeys {
+    /// Whether no key was left out.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn add(&mut self, index: usize, kid: Option<&str>, error: JwkError) {
+        self.count += 1;
+        match self
+            .by_kind
+            .iter_mut()
+            .find(|(kind, _)| *kind == error.kind())
+        {
+            Some((_, count)) => *count += 1,
+            None => self.by_kind.push((error.kind(), 1)),
+        }
+        if self.first.len() < SKIPPED_EXAMPLES {
+            self.first.push(SkippedKey {
+                index,
+                kid: kid.map(|kid| printable(kid, MAX_KID_CHARS)),
+                error,
+            });
+        }
+    }
+}
+
+impl fmt::Display for SkippedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.count == 1 { "" } else { "s" };
+        write!(f, "{} key{plural} skipped (", self.count)?;
+        for (i, (kind, count)) in self.by_kind.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{kind}: {count}")?;
+        }
+        f.write_str(")")?;
+        for (i, key) in self.first.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            write!(f, "key #{}", key.index)?;
+            if let Some(kid) = &key.kid {
+                write!(f, " (kid `{kid}`)")?;
+            }
+            write!(f, ": {}", key.error)?;
+        }
+        if self.count > self.first.len() {
+            f.write_str("; ...")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed key set: the usable keys, and a summary of the ones left out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ParsedJwks {
     /// Keys that parsed and validated.
     pub keys: Vec<JwkKey>,
-    /// Keys refused, by index in the `keys` array.
-    pub refused: Vec<(usize, JwkError)>,
+    /// Keys left out (encryption keys, unsupported types, bad material), summarised.
+    pub skipped: SkippedKeys,
 }
 
-/// Parses a JWKS document. Individual bad keys are reported in `refused`; the call fails only
-/// when the document is malformed or no key is usable.
+/// Parses a JWKS document (see [`parse_jwks_bytes`]).
 pub fn parse_jwks(text: &str) -> Result<ParsedJwks, JwksError> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    parse_jwks_bytes(text.as_bytes())
+}
+
+/// Parses a JWKS body as it arrives. A body over [`MAX_JWKS_BYTES`] or with more than
+/// [`MAX_JWKS_KEYS`] keys is refused whole, before any key is read. Keys that cannot be used
+/// for signatures (`use` other than `sig`, unsupported types, bad material) are left out and
+/// summarised in [`ParsedJwks::skipped`]; the call fails when no key is usable.
+pub fn parse_jwks_bytes(body: &[u8]) -> Result<ParsedJwks, JwksError> {
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge { bytes: body.len() });
+    }
+    let doc: Value = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let entries = doc
         .get("keys")
         .and_then(Value::as_array)
@@ -159,20 +314,25 @@ pub fn parse_jwks(text: &str) -> Result<ParsedJwks, JwksError> {
     if entries.is_empty() {
         return Err(JwksError::Empty);
     }
+    if entries.len() > MAX_JWKS_KEYS {
+        return Err(JwksError::TooManyKeys {
+            count: entries.len(),
+        });
+    }
     let mut parsed = ParsedJwks::default();
     for (index, entry) in entries.iter().enumerate() {
         match parse_jwk(entry) {
             Ok(key) => parsed.keys.push(key),
-            Err(error) => parsed.refused.push((index, error)),
+            Err(error) => {
+                let kid = entry.get("kid").and_then(Value::as_str);
+                parsed.skipped.add(index, kid, error);
+            }
         }
     }
     if parsed.keys.is_empty() {
-        let (index, error) = parsed
-            .refused
-            .first()
-            .cloned()
-            .unwrap_or((0, JwkError::NotObject));
-        return Err(JwksError::NoUsableKey { index, error });
+        return Err(JwksError::NoUsableKey {
+            skipped: parsed.skipped,
+        });
     }
     Ok(parsed)
 }
@@ -203,7 +363,7 @@ pub fn parse_jwk(entry: &Value) -> Result<JwkKey, JwkError> {
     if let Some(usage) = key.get("use") {
         let usage = usage.as_str().unwrap_or("");
         if usage != "sig" {
-            return Err(JwkError::NotForSignatures(usage.to_owned()));
+            return Err(JwkError::NotForSignatures(printable(usage, EXCERPT_CHARS)));
         }
     }
     let kid = key.get("kid").and_then(Value::as_str).map(str::to_owned);
@@ -212,10 +372,10 @@ pub fn parse_jwk(entry: &Value) -> Result<JwkKey, JwkError> {
         Some(value) => {
             let name = value
                 .as_str()
-                .ok_or_else(|| JwkError::BadAlg(value.to_string()))?;
+                .ok_or_else(|| JwkError::BadAlg(printable(&value.to_string(), EXCERPT_CHARS)))?;
             Some(
                 name.parse::<Algorithm>()
-                    .map_err(|_| JwkError::BadAlg(name.to_owned()))?,
+                    .map_err(|_| JwkError::BadAlg(printable(name, EXCERPT_CHARS)))?,
             )
         }
     };
@@ -237,7 +397,7 @@ pub fn parse_jwk(entry: &Value) -> Result<JwkKey, JwkError> {
             let (curve, size, family, label) = match crv {
                 "P-256" => (Curve::P256, 32, KeyFamily::P256, "P-256"),
                 "P-384" => (Curve::P384, 48, KeyFamily::P384, "P-384"),
-                other => return Err(JwkError::UnsupportedCurve(other.to_owned())),
+                other => return Err(JwkError::UnsupportedCurve(printable(other, EXCERPT_CHARS))),
             };
             if let Some(alg) = alg.filter(|a| a.key_family() != family) {
                 return Err(JwkError::AlgKeyMismatch { alg, kty: label });
@@ -266,7 +426,7 @@ pub fn parse_jwk(entry: &Value) -> Result<JwkKey, JwkError> {
                 .as_str()
                 .ok_or(JwkError::BadMember("crv"))?;
             if crv != "Ed25519" {
-                return Err(JwkError::UnsupportedCurve(crv.to_owned()));
+                return Err(JwkError::UnsupportedCurve(printable(crv, EXCERPT_CHARS)));
             }
             if let Some(alg) = alg.filter(|a| *a != Algorithm::EdDSA) {
                 return Err(JwkError::AlgKeyMismatch {
@@ -285,7 +445,7 @@ pub fn parse_jwk(entry: &Value) -> Result<JwkKey, JwkError> {
             KeyMaterial::Ed25519 { x }
         }
         "oct" => return Err(JwkError::SymmetricKey),
-        other => return Err(JwkError::UnsupportedKty(other.to_owned())),
+        other => return Err(JwkError::UnsupportedKty(printable(other, EXCERPT_CHARS))),
     };
     let parsed = JwkKey { kid, alg, material };
     // Build the key once so that bad material (weak RSA, invalid point) is refused here,
@@ -445,6 +605,23 @@ pub struct PreparedKey {
     pub verifiers: Vec<(Algorithm, Verifier)>,
 }
 
+/// Why [`KeySet::select`] found no key to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyMiss {
+    /// No key of the issuer verifies this algorithm.
+    #[error("no key for this algorithm")]
+    NoKeyForAlg,
+    /// The token's `kid` is not one of the keys'.
+    #[error("no key has this kid")]
+    UnknownKid,
+    /// The token names no `kid` and several keys verify its algorithm.
+    #[error("the token names no kid and {keys} keys verify its algorithm")]
+    SeveralKeys {
+        /// How many.
+        keys: usize,
+    },
+}
+
 /// The keys of one issuer, prepared for the algorithms the issuer allows.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
@@ -469,6 +646,17 @@ impl KeySet {
             })
             .collect();
         KeySet { keys }
+    }
+
+    /// The keys an issuer verifies with: `keys` (inline, or fetched from its `jwks_uri`)
+    /// prepared for its algorithms, plus its inline HMAC secret, if any. The secret belongs
+    /// to the issuer, not to a key set: it stays when fetched keys replace the inline ones.
+    pub fn for_issuer(issuer: &CompiledIssuer, keys: &[JwkKey]) -> KeySet {
+        let set = KeySet::prepare(keys, &issuer.algorithms);
+        match &issuer.hmac_secret {
+            Some(secret) => set.with_secret(secret, &issuer.algorithms),
+            None => set,
+        }
     }
 
     /// Adds an HMAC secret for the HMAC algorithms in `allowed`.
@@ -496,23 +684,47 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// Verifiers for `alg`, restricted to `kid` when the token names one.
-    pub fn candidates<'a>(
-        &'a self,
-        kid: Option<&'a str>,
-        alg: Algorithm,
-    ) -> impl Iterator<Item = &'a Verifier> + 'a {
-        self.keys
+    /// The keys that may verify a token signed with `alg` and naming `kid`: never more than
+    /// one verification for a token without a matching `kid`.
+    ///
+    /// - The token names a `kid`: the keys with that `kid`. When no key for `alg` has a
+    ///   `kid` at all, the issuer's only key for `alg` (an inline key or HMAC secret without
+    ///   one); otherwise the `kid` is unknown and nothing is verified.
+    /// - The token names none: the issuer's only key for `alg`. With several, the token
+    ///   cannot say which, and none is tried (trying each would cost a full verification
+    ///   per key for every junk token).
+    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&Verifier>, KeyMiss> {
+        let fitting: Vec<(Option<&str>, &Verifier)> = self
+            .keys
             .iter()
-            .filter(move |key| match (kid, key.kid.as_deref()) {
-                (Some(wanted), Some(have)) => wanted == have,
-                // A token with a kid may still be checked by a key without one, and a token
-                // without a kid by every key: as jwt_verify_lib does.
-                _ => true,
+            .filter_map(|key| {
+                let (_, verifier) = key.verifiers.iter().find(|(a, _)| *a == alg)?;
+                Some((key.kid.as_deref(), verifier))
             })
-            .flat_map(|key| key.verifiers.iter())
-            .filter(move |(a, _)| *a == alg)
-            .map(|(_, v)| v)
+            .collect();
+        if fitting.is_empty() {
+            return Err(KeyMiss::NoKeyForAlg);
+        }
+        match kid {
+            None => match fitting.as_slice() {
+                [(_, only)] => Ok(vec![*only]),
+                several => Err(KeyMiss::SeveralKeys {
+                    keys: several.len(),
+                }),
+            },
+            Some(wanted) => {
+                let named: Vec<&Verifier> = fitting
+                    .iter()
+                    .filter(|(have, _)| *have == Some(wanted))
+                    .map(|(_, verifier)| *verifier)
+                    .collect();
+                match (named.is_empty(), fitting.as_slice()) {
+                    (false, _) => Ok(named),
+                    (true, [(None, only)]) => Ok(vec![*only]),
+                    (true, _) => Err(KeyMiss::UnknownKid),
+                }
+            }
+        }
     }
 
     /// Whether any key carries this key id.
@@ -525,16 +737,28 @@ impl KeySet {
 mod tests {
     use super::*;
 
+    fn es256_jwk(key: &ES256KeyPair, kid: Option<&str>) -> Value {
+        let mut jwk: serde_json::Map<String, Value> =
+            serde_json::from_str(&key.public_key().to_jwk()).unwrap();
+        jwk.remove("kid");
+        if let Some(kid) = kid {
+            jwk.insert("kid".into(), kid.into());
+        }
+        Value::Object(jwk)
+    }
+
+    fn key_set(keys: &[Value], allowed: &[Algorithm]) -> KeySet {
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        KeySet::prepare(&parse_jwks(&doc).unwrap().keys, allowed)
+    }
+
     #[test]
     fn refuses_symmetric_keys_in_a_key_set() {
         let err = parse_jwks(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap_err();
-        assert!(matches!(
-            err,
-            JwksError::NoUsableKey {
-                error: JwkError::SymmetricKey,
-                ..
-            }
-        ));
+        let JwksError::NoUsableKey { skipped } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(skipped.first[0].error, JwkError::SymmetricKey);
     }
 
     #[test]
@@ -553,12 +777,133 @@ mod tests {
         assert_eq!(parse_jwks("{}"), Err(JwksError::NoKeysArray));
         assert_eq!(parse_jwks(r#"{"keys":[]}"#), Err(JwksError::Empty));
         let err = parse_jwks(r#"{"keys":[{"kty":"RSA","e":"AQAB"}]}"#).unwrap_err();
-        assert!(matches!(
-            err,
-            JwksError::NoUsableKey {
-                error: JwkError::MissingMember("n"),
-                ..
-            }
-        ));
+        let JwksError::NoUsableKey { skipped } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(skipped.first[0].error, JwkError::MissingMember("n"));
+    }
+
+    /// Issue 8, defect 7: a token without `kid` was tried against every key of its
+    /// algorithm, and one with an unknown `kid` against every key without one.
+    #[test]
+    fn a_token_without_a_matching_kid_is_tried_against_one_key_at_most() {
+        let (a, b) = (ES256KeyPair::generate(), ES256KeyPair::generate());
+        let es = [Algorithm::ES256];
+        let named = key_set(&[es256_jwk(&a, Some("a")), es256_jwk(&b, Some("b"))], &es);
+        assert_eq!(named.select(Some("a"), Algorithm::ES256).unwrap().len(), 1);
+        assert_eq!(
+            named.select(Some("c"), Algorithm::ES256).unwrap_err(),
+            KeyMiss::UnknownKid
+        );
+        assert_eq!(
+            named.select(None, Algorithm::ES256).unwrap_err(),
+            KeyMiss::SeveralKeys { keys: 2 }
+        );
+        assert_eq!(
+            named.select(None, Algorithm::ES384).unwrap_err(),
+            KeyMiss::NoKeyForAlg
+        );
+
+        let anonymous = key_set(&[es256_jwk(&a, None), es256_jwk(&b, None)], &es);
+        assert_eq!(
+            anonymous.select(None, Algorithm::ES256).unwrap_err(),
+            KeyMiss::SeveralKeys { keys: 2 }
+        );
+        assert_eq!(
+            anonymous.select(Some("x"), Algorithm::ES256).unwrap_err(),
+            KeyMiss::UnknownKid
+        );
+
+        // One key without a kid: the issuer's only key, whatever kid the token names.
+        let single = key_set(&[es256_jwk(&a, None)], &es);
+        assert_eq!(single.select(None, Algorithm::ES256).unwrap().len(), 1);
+        assert_eq!(single.select(Some("x"), Algorithm::ES256).unwrap().len(), 1);
+        // A kid-less key beside named ones never serves an unknown kid.
+        let mixed = key_set(&[es256_jwk(&a, None), es256_jwk(&b, Some("b"))], &es);
+        assert_eq!(
+            mixed.select(Some("x"), Algorithm::ES256).unwrap_err(),
+            KeyMiss::UnknownKid
+        );
+    }
+
+    /// Issue 8, defect 11: `hmac_secret` was dropped once remote keys arrived.
+    #[test]
+    fn the_hmac_secret_stays_beside_fetched_keys() {
+        let fetched = ES256KeyPair::generate();
+        let jwks = parse_jwks(
+            &serde_json::json!({ "keys": [es256_jwk(&fetched, Some("f"))] }).to_string(),
+        )
+        .unwrap();
+        let issuer = CompiledIssuer {
+            hmac_secret: Some(vec![7; 32]),
+            ..CompiledIssuer::new(
+                "test",
+                "https://idp",
+                vec![Algorithm::ES256, Algorithm::HS256],
+            )
+        };
+        let keys = KeySet::for_issuer(&issuer, &jwks.keys);
+        assert!(keys.select(None, Algorithm::HS256).is_ok());
+        assert!(keys.select(Some("f"), Algorithm::ES256).is_ok());
+    }
+
+    /// Issue 8, defect 9: a 5 MiB key set of 175k unsupported keys was parsed key by key,
+    /// with one warning per key.
+    #[test]
+    fn huge_key_sets_are_refused_whole() {
+        let junk = r#"{"kty":"XYZ","kid":"k"},"#.repeat(175_000);
+        let body = format!(r#"{{"keys":[{}{{"kty":"XYZ"}}]}}"#, junk);
+        assert!(body.len() > 4 * 1024 * 1024);
+        assert_eq!(
+            parse_jwks(&body),
+            Err(JwksError::TooLarge { bytes: body.len() })
+        );
+        let many = format!(
+            r#"{{"keys":[{}{{"kty":"XYZ"}}]}}"#,
+            r#"{"kty":"XYZ"},"#.repeat(MAX_JWKS_KEYS)
+        );
+        assert!(many.len() < MAX_JWKS_BYTES);
+        assert_eq!(
+            parse_jwks(&many),
+            Err(JwksError::TooManyKeys {
+                count: MAX_JWKS_KEYS + 1
+            })
+        );
+    }
+
+    #[test]
+    fn skipped_keys_are_summarised_in_bounded_text() {
+        let good = es256_jwk(&ES256KeyPair::generate(), Some("sig-1"));
+        let huge_kid = "\u{202e}k\n".repeat(500);
+        let mut keys = vec![
+            serde_json::json!({"kty": "RSA", "use": "enc", "kid": "enc-1", "n": "AQAB", "e": "AQAB"}),
+            good,
+        ];
+        for _ in 0..97 {
+            keys.push(serde_json::json!({"kty": "X".repeat(2_000), "kid": huge_kid}));
+        }
+        let parsed = parse_jwks(&serde_json::json!({ "keys": keys }).to_string()).unwrap();
+        assert_eq!(parsed.keys.len(), 1);
+        assert_eq!(parsed.skipped.count, 98);
+        assert_eq!(
+            parsed.skipped.by_kind,
+            vec![("not_for_signatures", 1), ("unsupported_kty", 97)]
+        );
+        let line = parsed.skipped.to_string();
+        assert!(line.starts_with("98 keys skipped (not_for_signatures: 1, unsupported_kty: 97): key #0 (kid `enc-1`): key `use` is `enc`, not `sig`; key #2"), "{line}");
+        assert!(line.len() < 600, "{} bytes: {line}", line.len());
+        assert!(
+            line.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn printable_cuts_and_cleans() {
+        assert_eq!(printable("kid-1", 64), "kid-1");
+        assert_eq!(printable("a\nb\u{202e}c\u{0}", 64), "a?b?c?");
+        let long = printable(&"x".repeat(8192), 64);
+        assert_eq!((long.len(), long.ends_with("...")), (64, true));
+        assert_eq!(printable("abcdef", 2), "..");
     }
 }

@@ -3,6 +3,17 @@
 //! The order of checks is fixed: structure, `alg` known, issuer known, `alg` allowed for
 //! that issuer, key found, signature, then times, audience and lifetime. Claims are only
 //! trusted after the signature verifies; until then they only pick the issuer and key.
+//!
+//! Decoding is strict, so that no other JWT parser on the path can read a different token
+//! than the one verified here: a repeated member name anywhere in the header or payload is
+//! malformed ([`json`]); `crit` (no extension is understood, RFC 7515 §4.1.11) and an
+//! embedded `jwk` (a token naming its own key) are malformed; the header members jwt-simple
+//! reads must have the types it reads. `jku`, `x5u` and `x5c` are never used: keys come
+//! from the policy and its `jwks_uri` only. NumericDates (`exp`, `nbf`, `iat`) may carry a
+//! fraction (RFC 7519 §2); they are rounded towards refusal (`exp` down, `nbf`/`iat` up)
+//! once, here, so every later reader sees whole seconds.
+
+mod json;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,11 +24,17 @@ use serde_json::{Map, Value};
 use crate::algorithm::Algorithm;
 use crate::claims::{ClaimPath, collect_strings};
 use crate::compiled::CompiledIssuer;
-use crate::keys::KeySet;
+use crate::keys::{KeySet, MAX_KID_CHARS, printable};
 use crate::reason::{DenyReason, Malformed};
 
 /// Longest token accepted, in bytes. Entra tokens with many groups reach a few KiB.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Largest NumericDate accepted: 2^53 s, the largest integer every JSON parser reads exactly.
+pub const MAX_NUMERIC_DATE: u64 = 1 << 53;
+
+/// Longest excerpt of token text (a member name) kept in a reason.
+const EXCERPT_CHARS: usize = 64;
 
 /// A decoded, not yet verified token.
 #[derive(Debug, Clone)]
@@ -28,18 +45,27 @@ pub struct DecodedToken<'a> {
     pub alg: String,
     /// The header's `kid`.
     pub kid: Option<String>,
-    /// The payload.
+    /// The payload, NumericDates in whole seconds.
     pub claims: Map<String, Value>,
+}
+
+fn malformed(detail: impl Into<String>) -> DenyReason {
+    DenyReason::Malformed(Malformed::Refused {
+        detail: detail.into(),
+    })
 }
 
 fn decode_part(part: &str, name: &'static str) -> Result<Map<String, Value>, DenyReason> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| DenyReason::Malformed(Malformed::BadBase64 { part: name }))?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(DenyReason::Malformed(Malformed::BadJson { part: name })),
-    }
+    json::parse_object(&bytes).map_err(|error| match error {
+        json::JsonError::Invalid => DenyReason::Malformed(Malformed::BadJson { part: name }),
+        json::JsonError::Duplicate(member) => malformed(format!(
+            "token {name} repeats the member name `{}`",
+            printable(&member, EXCERPT_CHARS)
+        )),
+    })
 }
 
 /// Decodes the structure of a compact JWS and type-checks the registered claims.
@@ -57,67 +83,127 @@ pub fn decode(raw: &str) -> Result<DecodedToken<'_>, DenyReason> {
         return Err(DenyReason::Malformed(Malformed::NotThreeParts));
     };
     let header = decode_part(header, "header")?;
-    let claims = decode_part(payload, "payload")?;
+    let mut claims = decode_part(payload, "payload")?;
     if URL_SAFE_NO_PAD.decode(signature).is_err() {
         return Err(DenyReason::Malformed(Malformed::BadBase64 {
             part: "signature",
         }));
     }
+    check_header(&header)?;
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(DenyReason::Malformed(Malformed::MissingAlg))?
         .to_owned();
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => {
-            return Err(DenyReason::Malformed(Malformed::ClaimType {
-                claim: "kid",
-                expected: "a string",
-            }));
-        }
-    };
-    let token = DecodedToken {
+    let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+    normalize_claims(&mut claims)?;
+    Ok(DecodedToken {
         raw,
         alg,
         kid,
         claims,
+    })
+}
+
+fn wrong_type(claim: &'static str, expected: &'static str) -> DenyReason {
+    DenyReason::Malformed(Malformed::ClaimType { claim, expected })
+}
+
+/// Header members: refused when they ask for what is not supported, and type-checked where
+/// the verifier reads them (a type it cannot read must not surface as a bad signature).
+fn check_header(header: &Map<String, Value>) -> Result<(), DenyReason> {
+    if header.contains_key("crit") {
+        return Err(malformed(
+            "token header has `crit`: no JWS extension is understood (RFC 7515 §4.1.11)",
+        ));
+    }
+    if header.contains_key("jwk") {
+        return Err(malformed(
+            "token header embeds a key (`jwk`): keys come from the policy only",
+        ));
+    }
+    for member in ["kid", "typ", "cty", "jku", "x5u", "x5t", "x5t#S256", "salt"] {
+        if header.get(member).is_some_and(|v| !v.is_string()) {
+            return Err(wrong_type(member, "a string"));
+        }
+    }
+    match header.get("x5c") {
+        None => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(wrong_type("x5c", "an array of strings")),
+    }
+    if let Some(typ) = header.get("typ").and_then(Value::as_str) {
+        // RFC 7519 §5.1 / RFC 8725 §3.11: `JWT` or an explicit `…+jwt` type; anything else is
+        // not a JWT (the verifier refuses it too, with a less precise reason).
+        let upper = typ.to_ascii_uppercase();
+        if upper != "JWT" && !upper.ends_with("+JWT") {
+            return Err(malformed(format!(
+                "token header `typ` is `{}`, not a JWT type",
+                printable(typ, EXCERPT_CHARS)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How a fractional NumericDate is rounded: always towards refusing the token.
+#[derive(Debug, Clone, Copy)]
+enum Rounding {
+    /// For `exp`: the token ends no later than it says.
+    Down,
+    /// For `nbf` and `iat`: the token starts no earlier than it says.
+    Up,
+}
+
+/// A NumericDate in whole seconds: a non-negative JSON number no larger than
+/// [`MAX_NUMERIC_DATE`], fractions rounded; anything else is `None`.
+fn numeric_date(value: &Value, rounding: Rounding) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
     };
-    token.check_claim_types()?;
-    Ok(token)
+    if let Some(whole) = number.as_u64() {
+        return (whole <= MAX_NUMERIC_DATE).then_some(whole);
+    }
+    let seconds = number.as_f64()?;
+    if !seconds.is_finite() || seconds.is_sign_negative() || seconds > MAX_NUMERIC_DATE as f64 {
+        return None;
+    }
+    let rounded = match rounding {
+        Rounding::Down => seconds.floor(),
+        Rounding::Up => seconds.ceil(),
+    };
+    Some(rounded as u64)
+}
+
+/// Type-checks the registered claims and rewrites NumericDates as whole seconds.
+pub fn normalize_claims(claims: &mut Map<String, Value>) -> Result<(), DenyReason> {
+    for claim in ["iss", "sub", "jti", "nonce"] {
+        if claims.get(claim).is_some_and(|v| !v.is_string()) {
+            return Err(wrong_type(claim, "a string"));
+        }
+    }
+    for (claim, rounding) in [
+        ("exp", Rounding::Down),
+        ("nbf", Rounding::Up),
+        ("iat", Rounding::Up),
+    ] {
+        if let Some(value) = claims.get_mut(claim) {
+            let seconds = numeric_date(value, rounding).ok_or(wrong_type(
+                claim,
+                "a NumericDate (seconds since 1970, non-negative, at most 2^53)",
+            ))?;
+            *value = Value::from(seconds);
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(wrong_type("aud", "a string or an array of strings")),
+    }
+    Ok(())
 }
 
 impl DecodedToken<'_> {
-    fn check_claim_types(&self) -> Result<(), DenyReason> {
-        let wrong = |claim, expected| {
-            Err(DenyReason::Malformed(Malformed::ClaimType {
-                claim,
-                expected,
-            }))
-        };
-        for claim in ["iss", "sub", "jti"] {
-            if let Some(value) = self.claims.get(claim) {
-                if !value.is_string() {
-                    return wrong(claim, "a string");
-                }
-            }
-        }
-        for claim in ["exp", "nbf", "iat"] {
-            if let Some(value) = self.claims.get(claim) {
-                if value.as_u64().is_none() {
-                    return wrong(claim, "a non-negative integer number of seconds");
-                }
-            }
-        }
-        match self.claims.get("aud") {
-            None | Some(Value::String(_)) => {}
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
-            Some(_) => return wrong("aud", "a string or an array of strings"),
-        }
-        Ok(())
-    }
-
     /// The `iss` claim.
     pub fn issuer(&self) -> Option<&str> {
         self.claims.get("iss").and_then(Value::as_str)
@@ -168,30 +254,40 @@ pub(crate) fn verify_with_issuer(
     trace: &mut Trace<'_>,
 ) -> Result<(), DenyReason> {
     let kid = token.kid.as_deref();
-    let mut candidates = keys.candidates(kid, alg).peekable();
-    if candidates.peek().is_none() {
-        record(trace, "key", false, || {
-            format!(
-                "no key fits kid {kid:?} and alg {alg} ({} keys known)",
-                keys.len()
-            )
-        });
-        return Err(DenyReason::UnknownKey {
-            issuer: issuer.name.clone(),
-            kid: kid.map(str::to_owned),
-        });
-    }
-    record(trace, "key", true, || format!("kid {kid:?}, alg {alg}"));
+    let candidates = match keys.select(kid, alg) {
+        Ok(candidates) => candidates,
+        Err(miss) => {
+            let kid = kid.map(|kid| printable(kid, MAX_KID_CHARS));
+            record(trace, "key", false, || {
+                format!(
+                    "kid {kid:?}, alg {alg}: {miss} ({} keys known); nothing verified",
+                    keys.len()
+                )
+            });
+            return Err(DenyReason::UnknownKey {
+                issuer: issuer.name.clone(),
+                kid,
+            });
+        }
+    };
+    record(trace, "key", true, || {
+        format!(
+            "kid {:?}, alg {alg}: {} candidate key(s)",
+            kid.map(|kid| printable(kid, MAX_KID_CHARS)),
+            candidates.len()
+        )
+    });
 
     // jwt-simple verifies the signature; the time checks are ours (`check_times`), because
     // they must report exact figures and because the library treats `now < skew` as expired.
-    // Its own time checks are therefore given a clock at which they cannot fail.
-    let library_clock = token.time_claim("exp").map_or(now, |exp| exp.min(now));
+    // Its own time checks are given the clock 0 with no tolerance, at which none can fail
+    // (`0 >= 0 && 0 <= exp`; `nbf`/`iat` skipped by `accept_future`).
     let options = VerificationOptions {
-        artificial_time: Some(UnixTimeStamp::from_secs(library_clock)),
+        artificial_time: Some(UnixTimeStamp::from_secs(0)),
         time_tolerance: Some(Duration::from_secs(0)),
         accept_future: true,
         max_token_length: Some(MAX_TOKEN_LEN),
+        max_header_length: Some(MAX_TOKEN_LEN),
         ..VerificationOptions::default()
     };
     let mut signature_ok = false;
@@ -209,18 +305,21 @@ pub(crate) fn verify_with_issuer(
                         JWTError::InvalidSignature
                         | JWTError::InvalidAuthenticationTag
                         | JWTError::InvalidPublicKey,
-                    )
-                    | None => DenyReason::BadSignature,
-                    Some(other) => DenyReason::Malformed(Malformed::Refused {
-                        detail: other.to_string(),
-                    }),
+                    ) => DenyReason::BadSignature,
+                    Some(other) => malformed(other.to_string()),
+                    // `decode` checked every member the library reads, so this cannot be
+                    // the token's JSON; still, a decoding failure is not a bad signature.
+                    None if error.downcast_ref::<serde_json::Error>().is_some() => {
+                        malformed("the verifier cannot read the token's JSON")
+                    }
+                    None => DenyReason::BadSignature,
                 });
             }
         }
     }
     if !signature_ok {
         record(trace, "signature", false, || {
-            "signature does not verify with any candidate key".to_owned()
+            "signature does not verify with the candidate key".to_owned()
         });
         return Err(last_error.unwrap_or(DenyReason::BadSignature));
     }
@@ -387,23 +486,115 @@ mod tests {
         );
     }
 
+    fn token(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    fn malformed_detail(reason: DenyReason) -> String {
+        match reason {
+            DenyReason::Malformed(Malformed::Refused { detail }) => detail,
+            other => panic!("not a refused structure: {other:?}"),
+        }
+    }
+
     #[test]
     fn registered_claim_types_are_checked() {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
         for (payload, claim) in [
             (r#"{"exp":"soon"}"#, "exp"),
             (r#"{"exp":-1}"#, "exp"),
-            (r#"{"nbf":1.5}"#, "nbf"),
+            (r#"{"exp":-0.5}"#, "exp"),
+            (r#"{"exp":9007199254740993}"#, "exp"),
+            (r#"{"exp":1e300}"#, "exp"),
+            (r#"{"nbf":null}"#, "nbf"),
+            (r#"{"iat":[1]}"#, "iat"),
             (r#"{"iss":7}"#, "iss"),
+            (r#"{"nonce":7}"#, "nonce"),
             (r#"{"aud":[1]}"#, "aud"),
+            (r#"{"aud":{"a":1}}"#, "aud"),
         ] {
-            let token = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(payload));
-            match decode(&token).unwrap_err() {
+            match decode(&token(r#"{"alg":"RS256"}"#, payload)).unwrap_err() {
                 DenyReason::Malformed(Malformed::ClaimType { claim: c, .. }) => {
                     assert_eq!(c, claim)
                 }
                 other => panic!("{payload}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn numeric_dates_may_carry_fractions_and_round_towards_refusal() {
+        let raw = token(
+            r#"{"alg":"RS256"}"#,
+            r#"{"exp":1800000000.9,"nbf":1700000000.1,"iat":1.0,"x":0.5}"#,
+        );
+        let decoded = decode(&raw).unwrap();
+        assert_eq!(decoded.claims["exp"], Value::from(1_800_000_000u64));
+        assert_eq!(decoded.claims["nbf"], Value::from(1_700_000_001u64));
+        assert_eq!(decoded.claims["iat"], Value::from(1u64));
+        assert_eq!(decoded.claims["x"], serde_json::json!(0.5));
+        let raw = token(r#"{"alg":"RS256"}"#, r#"{"exp":9007199254740992}"#);
+        assert_eq!(
+            decode(&raw).unwrap().time_claim("exp"),
+            Some(MAX_NUMERIC_DATE)
+        );
+    }
+
+    #[test]
+    fn header_extensions_and_embedded_keys_are_malformed() {
+        for header in [
+            r#"{"alg":"RS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"RS256","crit":[]}"#,
+            r#"{"alg":"RS256","crit":"exp"}"#,
+            r#"{"alg":"RS256","crit":null}"#,
+            r#"{"alg":"RS256","jwk":{"kty":"oct","k":"AAAA"}}"#,
+            r#"{"alg":"RS256","typ":"JOSE"}"#,
+            r#"{"alg":"RS256","alg":"none"}"#,
+        ] {
+            let detail = malformed_detail(decode(&token(header, "{}")).unwrap_err());
+            assert!(!detail.is_empty(), "{header}");
+        }
+        for (header, member) in [
+            (r#"{"alg":"RS256","kid":7}"#, "kid"),
+            (r#"{"alg":"RS256","typ":1}"#, "typ"),
+            (r#"{"alg":"RS256","jku":{}}"#, "jku"),
+            (r#"{"alg":"RS256","x5c":"MII"}"#, "x5c"),
+        ] {
+            match decode(&token(header, "{}")).unwrap_err() {
+                DenyReason::Malformed(Malformed::ClaimType { claim, .. }) => {
+                    assert_eq!(claim, member)
+                }
+                other => panic!("{header}: {other:?}"),
+            }
+        }
+        // Key URLs are read as text and never used.
+        for header in [
+            r#"{"alg":"RS256","typ":"at+JWT","jku":"https://evil/jwks","x5u":"https://evil/c","x5c":["MII"]}"#,
+            r#"{"alg":"RS256","typ":"application/at+jwt"}"#,
+            r#"{"alg":"RS256","typ":"jwt"}"#,
+        ] {
+            assert!(decode(&token(header, "{}")).is_ok(), "{header}");
+        }
+    }
+
+    #[test]
+    fn repeated_member_names_are_malformed_and_named_briefly() {
+        let detail = malformed_detail(
+            decode(&token(
+                r#"{"alg":"RS256"}"#,
+                r#"{"sub":"alice","sub":"admin"}"#,
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!(detail, "token payload repeats the member name `sub`");
+        let long = format!(
+            r#"{{"alg":"RS256","{0}":1,"{0}":2}}"#,
+            "\\u0007".repeat(1000)
+        );
+        let detail = malformed_detail(decode(&token(&long, "{}")).unwrap_err());
+        assert!(detail.len() < 140, "{detail}");
     }
 }

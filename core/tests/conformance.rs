@@ -96,14 +96,6 @@ const DEVIATIONS: &[Deviation] = &[
         },
     },
     Deviation {
-        id: "signature-first",
-        why: "the signature is checked before any claim, so a token with a bad signature reports bad_signature even when its claims are also wrong (Envoy checks claims first)",
-        applies: |_, expected, ours| {
-            ours == "bad_signature"
-                && matches!(expected, "wrong_audience" | "not_yet_valid" | "expired")
-        },
-    },
-    Deviation {
         id: "ed25519-strict-keys",
         why: "the Ed25519 implementation refuses this public key encoding (weak or non-canonical point): the key is skipped",
         applies: |case, _, ours| {
@@ -111,6 +103,27 @@ const DEVIATIONS: &[Deviation] = &[
                 && case["jwks"]
                     .as_str()
                     .is_some_and(|j| j.contains("EB54wykhS7YJFD6RYJNnwbWEz3cI7CF5bCDTXlrwI5k"))
+        },
+    },
+    Deviation {
+        id: "one-key-without-kid",
+        why: "a token that names no `kid` (or one no key has, when the keys have none) is tried against the issuer's only key for its `alg`; with several such keys it is refused as unknown_key without trying them, so a junk token costs at most one verification (issue 8, defect 7); jwt_verify_lib tries every key",
+        applies: |case, _, ours| {
+            let (keys, named) = keys_for_token_alg(case);
+            let token_kid = header(case).is_some_and(|h| h.get("kid").is_some());
+            ours == "unknown_key" && keys > 1 && (!token_kid || named == 0)
+        },
+    },
+    Deviation {
+        id: "numeric-date-bound",
+        why: "a NumericDate above 2^53 s (the largest integer every JSON parser reads exactly) is malformed; jwt_verify_lib reads it as a date 292 billion years ahead",
+        applies: |case, _, ours| {
+            ours == "malformed_token"
+                && payload(case).is_some_and(|p| {
+                    ["exp", "nbf", "iat"]
+                        .iter()
+                        .any(|c| p[*c].as_f64().is_some_and(|t| t > 9_007_199_254_740_992.0))
+                })
         },
     },
     Deviation {
@@ -147,6 +160,27 @@ fn payload(case: &Value) -> Option<Value> {
 
 fn header(case: &Value) -> Option<Value> {
     decode_json(case["jwt"].as_str()?.split('.').next()?)
+}
+
+/// How many keys of the case's key set could verify its token's `alg`, and how many of those
+/// carry a `kid` (none unless both parse).
+fn keys_for_token_alg(case: &Value) -> (usize, usize) {
+    let Some(alg) = header(case)
+        .and_then(|h| h["alg"].as_str().map(str::to_owned))
+        .and_then(|alg| alg.parse::<claimgate_core::algorithm::Algorithm>().ok())
+    else {
+        return (0, 0);
+    };
+    let Some(parsed) = case["jwks_strict_json"]
+        .as_str()
+        .or(case["jwks"].as_str())
+        .and_then(|jwks| parse_jwks(jwks).ok())
+    else {
+        return (0, 0);
+    };
+    let fitting: Vec<_> = parsed.keys.iter().filter(|k| k.fits(alg)).collect();
+    let named = fitting.iter().filter(|k| k.kid.is_some()).count();
+    (fitting.len(), named)
 }
 
 fn upstream_code(expected: &str) -> &'static str {
@@ -485,8 +519,10 @@ fn conformance_vectors() {
         tally.unexplained.len(),
         tally.unexplained.join("\n")
     );
+    // 172 matched before issue 8; 146 since: 28 kid-less cases became the documented
+    // `one-key-without-kid` deviation, one decimal `iat` case now matches.
     assert!(
-        tally.matched > 150,
+        tally.matched >= 146,
         "too few matching cases: {}",
         tally.matched
     );

@@ -13,7 +13,7 @@ use serde::Serialize;
 use claimgate_core::DenyReason;
 use claimgate_core::compiled::BeforeFirstFetch;
 use claimgate_core::engine::{Decision, Engine, Identity, RemoteKeys, Request};
-use claimgate_core::keys::{JwkKey, KeySet, parse_jwks};
+use claimgate_core::keys::{JwkKey, KeySet, parse_jwks_bytes};
 use claimgate_core::matcher::Captures;
 use claimgate_core::mesh::HttpEndpoint;
 use proxy_wasm::hostcalls;
@@ -323,7 +323,7 @@ pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usi
             .flatten()
             .unwrap_or_default();
         let parsed = match status.as_deref() {
-            Some("200") => parse_jwks(&String::from_utf8_lossy(&body)).map_err(|e| e.to_string()),
+            Some("200") => parse_jwks_bytes(&body).map_err(|e| e.to_string()),
             other => Err(format!(
                 "status {}",
                 other.unwrap_or("none (timeout or connection failure)")
@@ -335,13 +335,10 @@ pub fn jwks_response(shared: &Rc<RefCell<Shared>>, token_id: u32, body_size: usi
             .map_or(600, |r| r.refresh_secs);
         match (parsed, config) {
             (Ok(jwks), Some(config)) => {
-                for (index, error) in &jwks.refused {
-                    log::warn!(
-                        "claimgate: issuer `{}`: key #{index} skipped: {error}",
-                        config.name
-                    );
+                if !jwks.skipped.is_empty() {
+                    log::warn!("claimgate: issuer `{}`: {}", config.name, jwks.skipped);
                 }
-                let keys = KeySet::prepare(&jwks.keys, &config.algorithms);
+                let keys = KeySet::for_issuer(config, &jwks.keys);
                 // Tokens verified with a key that is gone must be checked again; a refresh
                 // that withdraws nothing keeps the cache warm.
                 let withdrawn = s

@@ -304,7 +304,8 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
             .ok_or_else(|| CliError::Usage(format!("no issuer `{name}` in the policy")))?;
         let parsed = parse_jwks(&read_file(Path::new(file))?)
             .map_err(|e| CliError::Usage(format!("{file}: {e}")))?;
-        remote.set(index, KeySet::prepare(&parsed.keys, &issuer.algorithms));
+        // As the filter installs a fetched set: the issuer's HMAC secret stays beside it.
+        remote.set(index, KeySet::for_issuer(issuer, &parsed.keys));
     }
     Ok(remote)
 }
