@@ -66,6 +66,18 @@ paths = ["/audited/*"]
 audit = true
 allow = {{ roles_any = ["auditor"] }}
 
+[[rules]]
+name  = "audited-open"
+paths = ["/audited/*"]
+allow = "anyone"
+
+# A trial deny rule: logged in the shadow decision, never enforced.
+[[rules]]
+name  = "trial-deny-score"
+paths = ["/score"]
+audit = true
+deny  = "anyone"
+
 # A rule that a spoofed identity header would satisfy if rules saw it.
 [[rules]]
 name    = "spoof-probe"
@@ -229,14 +241,18 @@ def test_templated_per_model_roles(mesh):
     assert (status, error_of(body)) == (403, "missing_role")
 
 
-def test_audit_mode_records_but_passes(mesh):
+def test_audit_rules_never_change_the_enforced_answer(mesh):
+    # Issue 8 defect 1: an audit rule only feeds the logged shadow decision. The enforcing
+    # rule lets anyone into /audited/*; the audit rule would want a role.
     status, _, body = mesh["envoy"].request("/audited/report", token=kc_token(mesh))
     assert status == 200, body
+    # A trial `deny anyone` audit rule on /score must not let a token-less request through.
+    status, _, body = score(mesh, None)
+    assert status == 401, body
     time.sleep(0.5)
     logs = mesh["envoy"].logs()
-    assert '"decision":"audit_deny"' in logs
     # Filter state reaches Envoy's access log (`%FILTER_STATE(wasm.claimgate.decision:PLAIN)%`).
-    assert "ACCESS /audited/report 200 subject=alice decision=audit_deny" in logs
+    assert "ACCESS /audited/report 200" in logs and "decision=allow" in logs
 
 
 def test_stats_and_cache(mesh):

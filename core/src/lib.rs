@@ -11,6 +11,7 @@
 
 pub mod algorithm;
 pub mod blob;
+pub mod canonical;
 pub mod claims;
 #[cfg(feature = "compiler")]
 pub mod compile;
@@ -23,6 +24,7 @@ pub mod reason;
 #[cfg(feature = "compiler")]
 pub mod source;
 pub mod token;
+pub mod upstream;
 
 pub use engine::{Decision, Engine, Identity, RemoteKeys, Request};
 pub use reason::DenyReason;

@@ -1,44 +1,27 @@
 //! Request matching: hosts, paths (exact, prefix, templates with captures), methods, headers.
 
-use crate::compiled::{CompiledRule, HostPattern, PathPattern, Segment};
+use std::borrow::Cow;
+
+use crate::canonical;
+use crate::compiled::{CompiledRule, Effect, HostPattern, PathParameters, PathPattern, Segment};
+use crate::engine::Request;
+use crate::upstream::IdentityHeaderNames;
 
 /// Path variables captured while matching, in template order.
 pub type Captures = Vec<(String, String)>;
 
-/// Lower-cases a host and drops the port (`[::1]:8080` → `[::1]`).
-pub fn normalize_host(host: &str) -> String {
-    let without_port = if host.starts_with('[') {
-        host.find(']')
-            .and_then(|end| host.get(..=end))
-            .unwrap_or(host)
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// The path without query or fragment.
 pub fn strip_query(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
-    path.get(..end).unwrap_or(path)
+    canonical::strip_query(path)
 }
 
-/// Whether a path could be read differently by the upstream than by the matcher: dot
-/// segments, empty segments, backslashes or encoded separators. Such paths are refused
-/// rather than guessed at (a deny rule must not be sidestepped by `/a/../b`).
+/// Whether a path is not already in the form rules are matched on (see
+/// [`crate::canonical`]): such a path in a rule could never match.
 pub fn is_unnormalized(path: &str) -> bool {
-    if !path.starts_with('/') {
-        return true;
-    }
-    if path.contains('\\') || path.contains("//") {
-        return true;
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") {
-        return true;
-    }
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
+    !matches!(
+        canonical::canonical_path(path, PathParameters::Reject),
+        Ok(Cow::Borrowed(canonical)) if canonical == path
+    )
 }
 
 /// The first segment of a path: the index key.
@@ -106,13 +89,44 @@ pub fn path_matches(pattern: &PathPattern, path: &str) -> Option<Captures> {
     }
 }
 
-/// Matches a rule against a request; `host` is normalised, `path` stripped of its query.
-pub fn rule_matches<'h>(
+/// Whether a rule's header condition holds. A repeated header is read the way that cannot
+/// widen access: a deny rule holds if any value matches, an allow rule only if every value
+/// does. The filter's own identity headers never hold (client-sent copies are dropped).
+fn header_holds(
+    effect: Effect,
+    request: &Request<'_>,
+    names: &IdentityHeaderNames,
+    name: &str,
+    value: &str,
+) -> bool {
+    if names.owns(name) {
+        return false;
+    }
+    let mut values = request.values(name);
+    match effect {
+        Effect::Deny => values.any(|v| v == value),
+        Effect::Allow => {
+            let mut seen = false;
+            for v in values {
+                if v != value {
+                    return false;
+                }
+                seen = true;
+            }
+            seen
+        }
+    }
+}
+
+/// Matches a rule against a request; `host` and `path` are canonical (see
+/// [`crate::canonical`]).
+pub fn rule_matches(
     rule: &CompiledRule,
     method: &str,
     host: &str,
     path: &str,
-    header: impl Fn(&str) -> Option<&'h str>,
+    request: &Request<'_>,
+    names: &IdentityHeaderNames,
 ) -> Option<Captures> {
     if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
         return None;
@@ -123,7 +137,7 @@ pub fn rule_matches<'h>(
     if !rule
         .headers
         .iter()
-        .all(|(name, value)| header(name) == Some(value.as_str()))
+        .all(|(name, value)| header_holds(rule.effect, request, names, name, value))
     {
         return None;
     }
@@ -142,16 +156,6 @@ mod tests {
             segments,
             open_ended,
         }
-    }
-
-    #[test]
-    fn hosts_are_normalised() {
-        assert_eq!(
-            normalize_host("Fraud.WestEurope.inference.ml.azure.com:443"),
-            "fraud.westeurope.inference.ml.azure.com"
-        );
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
-        assert_eq!(normalize_host("example.com."), "example.com");
     }
 
     #[test]
@@ -189,24 +193,5 @@ mod tests {
         assert!(path_matches(&PathPattern::Prefix("/v2/health/".into()), "/v2/healthz").is_none());
         assert!(path_matches(&PathPattern::Exact("/score".into()), "/score").is_some());
         assert!(path_matches(&PathPattern::Exact("/score".into()), "/score/").is_none());
-    }
-
-    #[test]
-    fn unnormalized_paths_are_detected() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "//a",
-            "/a%2fb",
-            "/a%2E%2E/b",
-            "a",
-            "/a\\b",
-            "/..",
-        ] {
-            assert!(is_unnormalized(bad), "{bad}");
-        }
-        for good in ["/", "/score", "/v1/models/m:predict", "/a.b/c..d"] {
-            assert!(!is_unnormalized(good), "{good}");
-        }
     }
 }

@@ -38,6 +38,9 @@ pub enum Malformed {
     },
     /// The token has no `iss`.
     MissingIssuer,
+    /// The request carries the token header more than once: which one the upstream or the
+    /// next hop would read is ambiguous.
+    Ambiguous,
     /// The verifier refused the token's structure (e.g. a `crit` header or a non-JWT `typ`).
     Refused {
         /// The verifier's words.
@@ -59,6 +62,7 @@ impl fmt::Display for Malformed {
                 write!(f, "claim `{claim}` is not {expected}")
             }
             Malformed::MissingIssuer => f.write_str("token has no `iss` claim"),
+            Malformed::Ambiguous => f.write_str("the request carries more than one token header"),
             Malformed::Refused { detail } => write!(f, "token refused: {detail}"),
         }
     }
@@ -183,6 +187,64 @@ pub enum DenyReason {
     NoRuleMatched,
     /// The path is not normalised (dot segments, encoded slashes): refused rather than guessed.
     UnnormalizedPath,
+    /// The path carries `;` parameters and the policy refuses them.
+    PathParameters,
+    /// The `Host` / `:authority` is not a host name with an optional numeric port.
+    InvalidHost,
+    /// The token's `typ` header is not one the issuer accepts (e.g. an ID token where an
+    /// access token, `at+jwt`, is required).
+    TokenTypeNotAllowed {
+        /// The token's `typ` (bounded in length).
+        typ: String,
+    },
+    /// The host clock could not be read: nothing time-bound can be decided.
+    ClockUnavailable,
+}
+
+/// Generates [`DenyReason::code`] and [`DenyReason::ALL_CODES`] from one list, so a new reason
+/// cannot lack a code, and no code can lack its metric (the match is exhaustive).
+macro_rules! reason_codes {
+    ($($variant:ident => $code:literal,)*) => {
+        impl DenyReason {
+            /// Stable machine-readable code (metrics, logs, response bodies).
+            pub fn code(&self) -> &'static str {
+                match self {
+                    $(DenyReason::$variant { .. } => $code,)*
+                }
+            }
+
+            /// Every code, for metric registration.
+            pub const ALL_CODES: &'static [&'static str] = &[$($code),*];
+        }
+    };
+}
+
+reason_codes! {
+    NoToken => "no_token",
+    Malformed => "malformed_token",
+    AlgorithmNotAllowed => "algorithm_not_allowed",
+    UnknownIssuer => "unknown_issuer",
+    UnknownKey => "unknown_key",
+    KeysUnavailable => "keys_unavailable",
+    BadSignature => "bad_signature",
+    Expired => "expired",
+    NotYetValid => "not_yet_valid",
+    MissingExpiry => "missing_expiry",
+    LifetimeTooLong => "lifetime_too_long",
+    WrongAudience => "wrong_audience",
+    Revoked => "revoked",
+    TokenTypeNotAllowed => "token_type_not_allowed",
+    IssuerNotAllowed => "issuer_not_allowed",
+    SubjectNotAllowed => "subject_not_allowed",
+    MissingRole => "missing_role",
+    MissingScope => "missing_scope",
+    GroupsOverage => "groups_overage",
+    ExplicitDeny => "explicit_deny",
+    NoRuleMatched => "no_rule",
+    UnnormalizedPath => "unnormalized_path",
+    PathParameters => "path_parameters",
+    InvalidHost => "invalid_host",
+    ClockUnavailable => "clock_unavailable",
 }
 
 /// The HTTP answer for a denial.
@@ -195,58 +257,6 @@ pub struct Response {
 }
 
 impl DenyReason {
-    /// Stable machine-readable code (metrics, logs, response bodies).
-    pub fn code(&self) -> &'static str {
-        match self {
-            DenyReason::NoToken => "no_token",
-            DenyReason::Malformed(_) => "malformed_token",
-            DenyReason::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
-            DenyReason::UnknownIssuer { .. } => "unknown_issuer",
-            DenyReason::UnknownKey { .. } => "unknown_key",
-            DenyReason::KeysUnavailable { .. } => "keys_unavailable",
-            DenyReason::BadSignature => "bad_signature",
-            DenyReason::Expired { .. } => "expired",
-            DenyReason::NotYetValid { .. } => "not_yet_valid",
-            DenyReason::MissingExpiry => "missing_expiry",
-            DenyReason::LifetimeTooLong { .. } => "lifetime_too_long",
-            DenyReason::WrongAudience { .. } => "wrong_audience",
-            DenyReason::Revoked { .. } => "revoked",
-            DenyReason::IssuerNotAllowed { .. } => "issuer_not_allowed",
-            DenyReason::SubjectNotAllowed { .. } => "subject_not_allowed",
-            DenyReason::MissingRole { .. } => "missing_role",
-            DenyReason::MissingScope { .. } => "missing_scope",
-            DenyReason::GroupsOverage { .. } => "groups_overage",
-            DenyReason::ExplicitDeny { .. } => "explicit_deny",
-            DenyReason::NoRuleMatched => "no_rule",
-            DenyReason::UnnormalizedPath => "unnormalized_path",
-        }
-    }
-
-    /// Every code, for metric registration.
-    pub const ALL_CODES: [&'static str; 21] = [
-        "no_token",
-        "malformed_token",
-        "algorithm_not_allowed",
-        "unknown_issuer",
-        "unknown_key",
-        "keys_unavailable",
-        "bad_signature",
-        "expired",
-        "not_yet_valid",
-        "missing_expiry",
-        "lifetime_too_long",
-        "wrong_audience",
-        "revoked",
-        "issuer_not_allowed",
-        "subject_not_allowed",
-        "missing_role",
-        "missing_scope",
-        "groups_overage",
-        "explicit_deny",
-        "no_rule",
-        "unnormalized_path",
-    ];
-
     /// The status and `WWW-Authenticate` header: the single place that decides them.
     pub fn response(&self) -> Response {
         let invalid_token = |description: &str| Response {
@@ -276,7 +286,8 @@ impl DenyReason {
             DenyReason::LifetimeTooLong { .. } => invalid_token("token lifetime too long"),
             DenyReason::WrongAudience { .. } => invalid_token("audience not allowed"),
             DenyReason::Revoked { .. } => invalid_token("token revoked"),
-            DenyReason::KeysUnavailable { .. } => Response {
+            DenyReason::TokenTypeNotAllowed { .. } => invalid_token("token type not allowed"),
+            DenyReason::KeysUnavailable { .. } | DenyReason::ClockUnavailable => Response {
                 status: 503,
                 www_authenticate: None,
             },
@@ -293,10 +304,12 @@ impl DenyReason {
             | DenyReason::GroupsOverage { .. }
             | DenyReason::ExplicitDeny { .. }
             | DenyReason::NoRuleMatched => forbidden,
-            DenyReason::UnnormalizedPath => Response {
-                status: 400,
-                www_authenticate: None,
-            },
+            DenyReason::UnnormalizedPath | DenyReason::PathParameters | DenyReason::InvalidHost => {
+                Response {
+                    status: 400,
+                    www_authenticate: None,
+                }
+            }
         }
     }
 }
@@ -376,6 +389,14 @@ impl fmt::Display for DenyReason {
             DenyReason::ExplicitDeny { rule } => write!(f, "denied by rule `{rule}`"),
             DenyReason::NoRuleMatched => f.write_str("no rule matches the request"),
             DenyReason::UnnormalizedPath => f.write_str("path is not normalised"),
+            DenyReason::PathParameters => {
+                f.write_str("path carries `;` parameters, which the policy refuses")
+            }
+            DenyReason::InvalidHost => f.write_str("host is not a host name with a numeric port"),
+            DenyReason::TokenTypeNotAllowed { typ } => {
+                write!(f, "token type `{typ}` is not accepted")
+            }
+            DenyReason::ClockUnavailable => f.write_str("the host clock cannot be read"),
         }
     }
 }

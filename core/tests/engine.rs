@@ -117,6 +117,12 @@ keycloak = ["retired-pipeline"]
 "#;
 
 fn fixture() -> Fixture {
+    fixture_with("")
+}
+
+/// The fixture with extra rules (TOML) inserted before `[revoked]`.
+fn fixture_with(extra_rules: &str) -> Fixture {
+    let policy = POLICY.replace("[revoked]", &format!("{extra_rules}\n[revoked]"));
     let kc = ES256KeyPair::generate().with_key_id("kc-1");
     let kc_other = ES256KeyPair::generate().with_key_id("kc-1");
     let entra = ES256KeyPair::generate().with_key_id("entra-1");
@@ -125,7 +131,7 @@ fn fixture() -> Fixture {
         ("entra.json", jwks(&[(&entra, "entra-1")])),
     ]);
     let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
-    let compiled = compile(POLICY, "policy.toml", &reader).unwrap();
+    let compiled = compile(&policy, "policy.toml", &reader).unwrap();
     let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
     let engine = blob::engine_from_plugin_config(&config).unwrap();
     Fixture {
@@ -586,8 +592,76 @@ fn audit_rules_decide_but_do_not_block() {
         &[],
         Some(&sign(&f.kc, json!({}))),
     );
-    assert_eq!(code(&d), "missing_role");
-    assert!(!d.allowed && !d.enforced && d.passes());
+    // The audit rule is the only one matching: without it nothing matches and the default
+    // (deny) decides. It is evaluated in the shadow only, which is logged.
+    assert_eq!((code(&d), status(&d)), ("no_rule", 403));
+    assert!(d.enforced && !d.passes());
+    let shadow = d.shadow.expect("an audit rule matched");
+    assert_eq!(
+        shadow.reason.as_ref().map(|r| r.code()),
+        Some("missing_role")
+    );
+}
+
+/// Issue 8 defect 1: a trial rule `/*`, audit, deny anyone made a token-less request pass.
+#[test]
+fn an_audit_deny_rule_never_turns_a_deny_into_a_pass() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"trial\"\npaths = [\"/*\"]\naudit = true\ndeny = \"anyone\"\n",
+    );
+    let d = decide(&f, "POST", AML, "/score", BLUE, None);
+    assert_eq!((code(&d), status(&d)), ("no_token", 401));
+    assert!(!d.passes());
+    let shadow = d.shadow.expect("the trial rule matched");
+    assert_eq!(
+        shadow.reason.as_ref().map(|r| r.code()),
+        Some("explicit_deny")
+    );
+    // And the other way round: an allowed caller stays allowed.
+    let t = sign(&f.kc, json!({}));
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&t));
+    assert!(d.allowed && d.passes(), "{:?}", d.reason);
+    assert!(!d.shadow.expect("matched").allowed);
+}
+
+/// Issue 8 defect 1: an audit deny rule naming a caller let that caller through a rule that
+/// would otherwise refuse it.
+#[test]
+fn an_audit_deny_rule_naming_the_caller_changes_nothing() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"trial-interns\"\npaths = [\"/score\"]\naudit = true\ndeny = { roles_any = [\"intern\"] }\n",
+    );
+    let t = sign(&f.kc, json!({"realm_access": {"roles": ["intern"]}}));
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&t));
+    assert_eq!((code(&d), status(&d)), ("missing_role", 403));
+    assert!(!d.passes());
+}
+
+/// Issue 8 defect 4: a deny rule that cannot be decided (groups overage) must deny.
+#[test]
+fn groups_overage_makes_a_deny_rule_apply() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"blocked\"\npaths = [\"/entra\"]\ndeny = { roles_any = [\"blocked-group\"] }\n",
+    );
+    let overage = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null,
+        "_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}}),
+    );
+    let d = decide(&f, "GET", "h", "/entra", &[], Some(&overage));
+    assert_eq!((code(&d), status(&d)), ("groups_overage", 403));
+    // A caller whose groups are all in the token is judged on them.
+    let plain = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null, "groups": ["g1"]}),
+    );
+    assert!(decide(&f, "GET", "h", "/entra", &[], Some(&plain)).allowed);
+    let blocked = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null, "groups": ["blocked-group"]}),
+    );
+    let d = decide(&f, "GET", "h", "/entra", &[], Some(&blocked));
+    assert_eq!(code(&d), "explicit_deny");
 }
 
 #[test]
@@ -696,4 +770,165 @@ fn decisions_do_not_scan_unrelated_rules() {
         "{}",
         d.checks[0].detail
     );
+}
+
+/// Issue 8 defect 5: percent-encoded unreserved characters no longer sidestep a deny rule;
+/// `;` parameters are refused.
+#[test]
+fn encoded_paths_match_what_the_upstream_reads() {
+    let f = fixture();
+    let t = sign(
+        &f.kc,
+        json!({"realm_access": {"roles": ["model.legacy.invoke"]}}),
+    );
+    for path in [
+        "/v1/models/legacy:predict",
+        "/v1/models/leg%61cy:predict",
+        "/v1/models/%6C%65%67%61%63%79%3Apredict",
+    ] {
+        let d = decide(&f, "POST", "h", path, &[], Some(&t));
+        assert_eq!(code(&d), "explicit_deny", "{path}");
+    }
+    let d = decide(&f, "GET", "h", "/v2/health/..;/x", &[], None);
+    assert_eq!((code(&d), status(&d)), ("path_parameters", 400));
+    let d = decide(&f, "GET", "h", "/v2/health;x=1/ready", &[], None);
+    assert_eq!((code(&d), status(&d)), ("path_parameters", 400));
+    let d = decide(&f, "GET", "h", "/v2/health/%2e%2e/x", &[], None);
+    assert_eq!((code(&d), status(&d)), ("unnormalized_path", 400));
+}
+
+/// Issue 8 defect 10: a host with two ports escaped a host-scoped rule.
+#[test]
+fn hosts_that_are_not_host_names_are_refused() {
+    let f = fixture();
+    let t = sign(&f.kc, json!({}));
+    let d = decide(
+        &f,
+        "POST",
+        &format!("{AML}:80:80"),
+        "/score",
+        BLUE,
+        Some(&t),
+    );
+    assert_eq!((code(&d), status(&d)), ("invalid_host", 400));
+    let d = decide(
+        &f,
+        "POST",
+        &format!("{}.", AML.to_uppercase()),
+        "/score",
+        BLUE,
+        Some(&t),
+    );
+    assert!(d.allowed, "{:?}", d.reason);
+}
+
+/// Issue 8 defect 10: two token headers are ambiguous (Envoy joins them; explain took the
+/// first): refused, as Envoy refuses the joined value.
+#[test]
+fn two_authorization_headers_are_refused() {
+    let f = fixture();
+    let good = format!("Bearer {}", sign(&f.kc, json!({})));
+    let headers = [
+        ("azureml-model-deployment", "blue"),
+        ("authorization", good.as_str()),
+        ("authorization", "Bearer junk"),
+    ];
+    let d = decide(&f, "POST", AML, "/score", &headers, None);
+    assert_eq!((code(&d), status(&d)), ("malformed_token", 401));
+    let joined = format!("{good},Bearer junk");
+    let headers = [
+        ("azureml-model-deployment", "blue"),
+        ("authorization", joined.as_str()),
+    ];
+    let d = decide(&f, "POST", AML, "/score", &headers, None);
+    assert_eq!((code(&d), status(&d)), ("malformed_token", 401));
+}
+
+/// Issue 8 defect 10: rules never see the filter's own headers, in explain as in Envoy.
+#[test]
+fn identity_headers_sent_by_the_client_are_invisible_to_rules() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"spoof-probe\"\npaths = [\"/spoof-probe\"]\nheaders = { \"x-claimgate-subject\" = \"root\" }\nallow = \"anyone\"\n",
+    );
+    let d = decide(
+        &f,
+        "GET",
+        "h",
+        "/spoof-probe",
+        &[("x-claimgate-subject", "root")],
+        None,
+    );
+    assert_eq!(code(&d), "no_rule");
+}
+
+/// A repeated header is read the way that cannot widen access.
+#[test]
+fn repeated_headers_never_widen_access() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"no-debug\"\npaths = [\"/score\"]\nheaders = { \"x-debug\" = \"1\" }\ndeny = \"anyone\"\n",
+    );
+    let t = sign(&f.kc, json!({}));
+    let twice = [
+        ("azureml-model-deployment", "blue"),
+        ("x-debug", "0"),
+        ("x-debug", "1"),
+    ];
+    assert_eq!(
+        code(&decide(&f, "POST", AML, "/score", &twice, Some(&t))),
+        "explicit_deny"
+    );
+    let two_deployments = [
+        ("azureml-model-deployment", "blue"),
+        ("azureml-model-deployment", "green"),
+    ];
+    assert_eq!(
+        code(&decide(
+            &f,
+            "POST",
+            AML,
+            "/score",
+            &two_deployments,
+            Some(&t)
+        )),
+        "no_rule"
+    );
+}
+
+/// Issue 8 defect 8: claims holding CR, LF, NUL or `,` reach the upstream percent-encoded,
+/// never as a header Envoy refuses or a role list that splits differently.
+#[test]
+fn upstream_identity_values_cannot_be_refused_or_misread() {
+    let f = fixture();
+    let t = sign(
+        &f.kc,
+        json!({"sub": "alice\r\nx-admin: 1\u{0}", "azp": "azureml-scoring",
+               "realm_access": {"roles": ["ml-scorer", "viewer,ml-admin"]}}),
+    );
+    let d = decide(&f, "POST", AML, "/score", BLUE, Some(&t));
+    assert!(d.allowed, "{:?}", d.reason);
+    let headers = f.engine.upstream_headers(&d);
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    };
+    assert_eq!(
+        get("x-claimgate-subject").as_deref(),
+        Some("alice%0D%0Ax-admin:%201%00")
+    );
+    assert_eq!(
+        get("x-claimgate-roles").as_deref(),
+        Some("ml-scorer,viewer%2Cml-admin")
+    );
+    assert_eq!(get("x-claimgate-rule").as_deref(), Some("fraud-blue"));
+    for (_, value) in &headers {
+        assert!(
+            value.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{value:?}"
+        );
+    }
+    // Nothing is sent for a denied request.
+    let d = decide(&f, "POST", AML, "/score", &[], Some(&t));
+    assert!(f.engine.upstream_headers(&d).is_empty());
 }

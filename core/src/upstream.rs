@@ -1,0 +1,130 @@
+//! What the upstream learns about an allowed caller: identity headers, named once per policy,
+//! with values in one encoding that can neither be refused by the proxy nor misread.
+//!
+//! A signed claim may hold any Unicode text, CR, LF or NUL: set as a header value as is,
+//! Envoy refuses it (a 5xx for a caller the policy allowed), and a role holding `,` would
+//! split into two roles once joined. So every value is percent-encoded (RFC 3986 §2.1): each
+//! byte outside visible ASCII, and `%` and `,`, becomes `%XX` of its UTF-8 bytes; roles are
+//! joined with `,` after encoding each. Plain values (the usual case) are not copied.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Whether a byte is sent as is.
+fn is_plain(byte: u8) -> bool {
+    (0x21..=0x7e).contains(&byte) && byte != b'%' && byte != b','
+}
+
+/// Percent-encodes a value for an identity header; borrows when nothing needs encoding.
+pub fn encode_value(value: &str) -> Cow<'_, str> {
+    if value.bytes().all(is_plain) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for byte in value.bytes() {
+        if is_plain(byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Encodes each item and joins them with `,`.
+pub fn encode_list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    let mut out = String::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&encode_value(item));
+    }
+    out
+}
+
+/// The request headers the filter owns, named once per policy (`<prefix><field>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaderNames {
+    /// The prefix every name starts with: client-sent headers under it are dropped.
+    pub prefix: String,
+    /// Verified subject.
+    pub subject: String,
+    /// Issuer's policy name.
+    pub issuer: String,
+    /// Calling client, when the token names one.
+    pub client: String,
+    /// Roles and groups, encoded and joined with `,`.
+    pub roles: String,
+    /// The rule that allowed the request.
+    pub rule: String,
+    /// The policy digest.
+    pub policy_version: String,
+}
+
+impl IdentityHeaderNames {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> IdentityHeaderNames {
+        IdentityHeaderNames {
+            prefix: prefix.to_owned(),
+            subject: format!("{prefix}subject"),
+            issuer: format!("{prefix}issuer"),
+            client: format!("{prefix}client"),
+            roles: format!("{prefix}roles"),
+            rule: format!("{prefix}rule"),
+            policy_version: format!("{prefix}policy-version"),
+        }
+    }
+
+    /// Whether a request header is one of the filter's own (client-sent copies are dropped).
+    pub fn owns(&self, header: &str) -> bool {
+        header.len() >= self.prefix.len()
+            && header
+                .get(..self.prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(&self.prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_values_are_not_copied() {
+        assert!(matches!(
+            encode_value("svc-fraud_pipeline@ml.example"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn unsendable_and_ambiguous_bytes_are_encoded() {
+        // Issue 8 defect 8: CR, LF, NUL in a signed `sub` made Envoy answer 503.
+        assert_eq!(encode_value("a\r\nx-admin: 1"), "a%0D%0Ax-admin:%201");
+        assert_eq!(encode_value("nul\0"), "nul%00");
+        assert_eq!(encode_value("josé"), "jos%C3%A9");
+        assert_eq!(encode_value("100%"), "100%25");
+        let roles = ["ml-scorer".to_owned(), "viewer,ml-admin".to_owned()];
+        assert_eq!(encode_list(&roles), "ml-scorer,viewer%2Cml-admin");
+        assert_eq!(encode_list(&[]), "");
+    }
+
+    #[test]
+    fn encoded_values_are_visible_ascii() {
+        let all: String = (0u32..0x800).filter_map(char::from_u32).collect();
+        assert!(
+            encode_value(&all)
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b))
+        );
+    }
+
+    #[test]
+    fn the_prefix_is_owned_case_insensitively() {
+        let names = IdentityHeaderNames::new("x-claimgate-");
+        assert!(names.owns("x-claimgate-subject"));
+        assert!(names.owns("X-ClaimGate-anything"));
+        assert!(!names.owns("x-claim"));
+        assert_eq!(names.policy_version, "x-claimgate-policy-version");
+    }
+}
