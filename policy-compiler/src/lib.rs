@@ -349,6 +349,26 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
             id.scopes
         );
     }
+    for (name, value) in engine.upstream_headers(decision) {
+        let _ = writeln!(out, "upstream: {name}: {value}");
+    }
+    if let Some(shadow) = &decision.shadow {
+        let _ = writeln!(
+            out,
+            "shadow:   {} (audit rules enforcing too; logged, not enforced){}{}",
+            if shadow.allowed { "ALLOW" } else { "DENY" },
+            shadow
+                .reason
+                .as_ref()
+                .map(|r| format!(" {} {}", r.response().status, r.code()))
+                .unwrap_or_default(),
+            shadow
+                .rule
+                .as_deref()
+                .map(|r| format!(" by rule `{r}`"))
+                .unwrap_or_default(),
+        );
+    }
     let _ = writeln!(
         out,
         "policy:   {} {}",
@@ -394,6 +414,11 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
             "message": decision.reason.as_ref().map(|r| r.to_string()),
             "www_authenticate": decision.reason.as_ref().and_then(|r| r.response().www_authenticate),
             "policy_version": engine.digest(),
+            "upstream_headers": engine
+                .upstream_headers(&decision)
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.into_owned()))
+                .collect::<Vec<_>>(),
             "decision": decision,
         });
         println!("{out:#}");
