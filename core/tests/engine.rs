@@ -800,7 +800,27 @@ fn encoded_paths_match_what_the_upstream_reads() {
 /// Issue 8 defect 10: a host with two ports escaped a host-scoped rule.
 #[test]
 fn hosts_that_are_not_host_names_are_refused() {
-    let f = fixture();
+    let f = fixture_with(
+        "[[rules]]\nname = \"secure-closed\"\nhosts = [\"secure.example.com\"]\npaths = [\"/v2/health/*\"]\ndeny = \"anyone\"\n",
+    );
+    let d = decide(
+        &f,
+        "GET",
+        "secure.example.com:80:80",
+        "/v2/health/ready",
+        &[],
+        None,
+    );
+    assert_eq!((code(&d), status(&d)), ("invalid_host", 400));
+    let d = decide(
+        &f,
+        "GET",
+        "Secure.Example.com.:8080",
+        "/v2/health/ready",
+        &[],
+        None,
+    );
+    assert_eq!(code(&d), "explicit_deny");
     let t = sign(&f.kc, json!({}));
     let d = decide(
         &f,
