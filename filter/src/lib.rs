@@ -1,64 +1,62 @@
 //! claimgate proxy-wasm filter: reads the pluginConfig, asks `claimgate-core` for a
 //! decision on every request, and turns it into Envoy actions. Everything that decides lives
-//! in the core; this crate only talks to the host (headers, local replies, JWKS callouts,
-//! timers, metrics, logs).
+//! in the core; this crate only talks to the host, through one door that cannot trap
+//! ([`host`]).
 //!
-//! State lives per root context (one per plugin configuration, per worker VM): the engine,
-//! the fetched key sets, the verified-token cache and the requests held until keys arrive.
-//! A policy push gives a new root context, so caches never outlive the policy they came from.
+//! - `root`: configuration, the tick, callout answers (the root owns every JWKS fetch)
+//! - `request`: the request path (decide, hold, reply, continue)
+//! - `jwks`: fetch schedule (deadlines, backoff, refetch requests) and key set answers
+//! - `cache`: verified and failed tokens; `hold`: requests waiting for keys
+//! - `audit`: the audit line; `metrics`: stats
+//!
+//! The contexts below are glue: each callback is a line or two.
 
+mod audit;
+mod cache;
+mod hold;
+pub mod host;
+mod jwks;
+mod metrics;
+mod request;
+mod root;
 mod state;
+#[cfg(test)]
+mod testing;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 
-use state::{Shared, Verdict};
+use host::{Host, WasmHost};
+use request::Verdict;
+use state::Shared;
 
 /// The exported entry points the host calls (`proxy_wasm::main!` generates them).
 mod entry {
     #![allow(missing_docs)]
-    use super::{LogLevel, Root, RootContext};
+    use super::{Root, RootContext};
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+        crate::host::install_logger(log::LevelFilter::Info);
+        proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+            Box::new(Root { context_id, shared: None })
+        });
     }}
 }
 
-/// A JWKS callout answered; the root and the request that started a refetch both get these.
-fn deliver_jwks(shared: Option<&Rc<RefCell<Shared>>>, token_id: u32, body_size: usize) {
-    if let Some(shared) = shared {
-        state::jwks_response(shared, token_id, body_size, now_secs());
-    }
-}
-
-fn now_secs() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The root context: configuration, JWKS refresh, held requests.
-#[derive(Default)]
 struct Root {
+    context_id: u32,
     shared: Option<Rc<RefCell<Shared>>>,
 }
 
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        deliver_jwks(self.shared.as_ref(), token_id, body_size);
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        if let Some(shared) = &self.shared {
+            root::on_answer(&WasmHost, shared, token, body_size);
+        }
     }
 }
 
@@ -69,41 +67,13 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        ) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                log::error!("claimgate: no pluginConfig: refusing to start (fail closed)");
-                return false;
-            }
-            Err(status) => {
-                log::error!("claimgate: cannot read pluginConfig ({status:?}): refusing to start");
-                return false;
-            }
-        };
-        match claimgate_core::blob::engine_from_plugin_config(&config) {
-            Ok(engine) => {
-                log::info!(
-                    "claimgate: policy `{}` version {} active ({} rules, {} issuers)",
-                    engine.policy().name,
-                    engine.digest(),
-                    engine.policy().rules.len(),
-                    engine.policy().issuers.len()
-                );
-                let shared = Rc::new(RefCell::new(Shared::new(Rc::new(engine))));
-                state::fetch_all_due(&shared, now_secs());
-                // A one-second tick drives JWKS refresh and gives up on held requests.
-                let _ = hostcalls::set_tick_period(Duration::from_secs(1));
+        match root::configure(&WasmHost, self.context_id) {
+            Ok(shared) => {
                 self.shared = Some(shared);
                 true
             }
             Err(error) => {
-                log::error!(
-                    "claimgate: pluginConfig refused: {error}: refusing to start (fail closed)"
-                );
+                log::error!("claimgate: {error}: refusing to start (fail closed)");
                 false
             }
         }
@@ -111,12 +81,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
-            state::tick(shared, now_secs());
+            root::tick(&WasmHost, shared);
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
+        Some(Box::new(Http {
             context_id,
             shared: self.shared.clone(),
         }))
@@ -128,38 +98,57 @@ impl RootContext for Root {
 }
 
 /// One HTTP request.
-struct Request {
+struct Http {
     context_id: u32,
     shared: Option<Rc<RefCell<Shared>>>,
 }
 
-impl Context for Request {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        // A refetch this request triggered (unknown `kid`); held requests are re-decided.
-        deliver_jwks(self.shared.as_ref(), token_id, body_size);
+impl Context for Http {
+    fn on_done(&mut self) -> bool {
+        if let Some(shared) = &self.shared {
+            request::forget(shared, self.context_id);
+        }
+        true
     }
 }
 
-impl HttpContext for Request {
+impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        test_trap::maybe_trap(&WasmHost);
         let Some(shared) = &self.shared else {
             // No usable configuration: fail closed.
-            let _ = hostcalls::send_http_response(
-                500,
-                vec![("content-type", "application/json")],
-                Some(br#"{"error":"policy_unavailable"}"#),
-            );
+            let body = br#"{"error":"policy_unavailable"}"#;
+            if WasmHost
+                .send_reply(500, &[("content-type", "application/json")], body)
+                .is_err()
+            {
+                let _ = WasmHost.reset_request();
+            }
             return Action::Pause;
         };
-        match state::enforce(shared, self.context_id, now_secs()) {
+        match request::on_request_headers(&WasmHost, shared, self.context_id) {
             Verdict::Continue => Action::Continue,
             Verdict::Replied | Verdict::Held => Action::Pause,
+        }
+    }
+}
+
+/// TEST ONLY (cargo feature `test-trap`, never in a release manifest): a request carrying
+/// `x-claimgate-test-trap: 1` traps the VM, to test what Envoy's `failure_policy` does after
+/// a crash.
+#[cfg(feature = "test-trap")]
+mod test_trap {
+    use crate::host::Host;
+
+    pub fn maybe_trap(host: &dyn Host) {
+        let trap = host.request_headers().is_ok_and(|headers| {
+            headers
+                .iter()
+                .any(|(n, v)| n == b"x-claimgate-test-trap" && v == b"1")
+        });
+        if trap {
+            std::process::abort();
         }
     }
 }

@@ -1,0 +1,594 @@
+//! The request path on a scripted host: hostile header bytes, failing host calls, a clock
+//! that cannot be read, keys that arrive late or never, clients that hang up.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::hold::MAX_HELD;
+use crate::host::mock::{MockHost, capture_logs, logged};
+use crate::jwks::{DEADLINE_MARGIN_MS, REFETCH_MIN_INTERVAL_MS, TICK_MS};
+use crate::root;
+use crate::testing::{self, Key, NOW_MS, POLICY, ROOT};
+
+type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn run(host: &MockHost, shared: &RefCell<Shared>, context: u32, headers: &Headers) -> Verdict {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    host.add_request(context, &pairs);
+    on_request_headers(host, shared, context)
+}
+
+/// Delivers the answer to callout `token` to the root.
+fn deliver(
+    host: &MockHost,
+    shared: &RefCell<Shared>,
+    token: u32,
+    status: Option<&str>,
+    body: &str,
+) {
+    host.enter(ROOT);
+    host.answer(status, body.as_bytes());
+    root::on_answer(host, shared, token, body.len());
+}
+
+/// A root whose first fetch installed `key`.
+fn ready(key: &Key) -> (MockHost, Rc<RefCell<Shared>>) {
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let first = host.callouts();
+    assert_eq!(first.len(), 1);
+    deliver(
+        &host,
+        &shared,
+        first[0].token,
+        Some("200"),
+        &testing::jwks(&[key]),
+    );
+    (host, shared)
+}
+
+fn token(key: &Key, extra: &[(&str, Value)]) -> String {
+    key.mint(&testing::claims(extra))
+}
+
+fn error_of(host: &MockHost, context: u32) -> (u32, String) {
+    let reply = host
+        .replies()
+        .into_iter()
+        .rev()
+        .find(|r| r.context == context)
+        .expect("a reply");
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    (reply.status, body["error"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn a_valid_token_passes_with_encoded_identity_headers() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let t = token(
+        &key,
+        &[
+            ("sub", json!("bob\r\nx-admin: 1")),
+            ("roles", json!(["ml-scorer", "viewer,ml-admin"])),
+        ],
+    );
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Continue
+    );
+    assert_eq!(
+        host.header(2, "x-claimgate-subject").unwrap(),
+        b"bob%0D%0Ax-admin:%201"
+    );
+    assert_eq!(
+        host.header(2, "x-claimgate-roles").unwrap(),
+        b"ml-scorer,viewer%2Cml-admin"
+    );
+    assert_eq!(host.metric("claimgate.allowed"), Some(1));
+}
+
+#[test]
+fn non_utf8_header_values_never_trap_never_match_never_get_copied() {
+    capture_logs();
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    // The byte that trapped the VM through the SDK's get_map (defect 2).
+    let mut headers = testing::request("/health", None);
+    headers.push((b"user-agent".to_vec(), vec![0xa1]));
+    assert_eq!(run(&host, &shared, 2, &headers), Verdict::Continue);
+
+    // A rule on `deployment = "blue"` never matches a value that only becomes "blue" lossily.
+    let mut headers = testing::request("/blue", None);
+    headers.push((b"deployment".to_vec(), b"blu\xe9".to_vec()));
+    headers.push((b"x-request-id".to_vec(), b"id-\xff\xfe".to_vec()));
+    assert_eq!(run(&host, &shared, 3, &headers), Verdict::Replied);
+    assert_eq!(error_of(&host, 3), (403, "no_rule".to_owned()));
+    // The request id was not UTF-8: neither the reply nor the audit line carries it.
+    let reply = host.replies().pop().unwrap();
+    assert!(reply.body.contains(r#""request_id":"""#), "{}", reply.body);
+    assert!(!reply.body.contains('\u{FFFD}'));
+    assert!(logged().iter().all(|(_, line)| !line.contains('\u{FFFD}')));
+}
+
+#[test]
+fn a_non_utf8_token_header_is_a_malformed_token() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let mut headers = testing::request("/score", None);
+    headers.push((
+        b"authorization".to_vec(),
+        b"Bearer \xffabc.def.ghi".to_vec(),
+    ));
+    assert_eq!(run(&host, &shared, 2, &headers), Verdict::Replied);
+    assert_eq!(error_of(&host, 2), (401, "malformed_token".to_owned()));
+}
+
+#[test]
+fn spoofed_identity_headers_are_never_seen_by_rules_and_removed() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let mut headers = testing::request("/health", None);
+    headers.push((b"x-claimgate-subject".to_vec(), b"root".to_vec()));
+    headers.push((b"X-Claimgate-Roles".to_vec(), b"ml-admin".to_vec()));
+    assert_eq!(run(&host, &shared, 2, &headers), Verdict::Continue);
+    assert_eq!(host.header(2, "x-claimgate-subject"), None);
+    assert_eq!(host.header(2, "X-Claimgate-Roles"), None);
+}
+
+#[test]
+fn an_unreadable_or_unbelievable_clock_fails_closed() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let t = token(&key, &[]);
+    for clock in [None, Some(0)] {
+        host.set_now(clock);
+        assert_eq!(
+            run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+            Verdict::Replied
+        );
+        assert_eq!(error_of(&host, 2), (503, "clock_unavailable".to_owned()));
+    }
+    assert_eq!(host.metric("claimgate.denied.clock_unavailable"), Some(2));
+    // Even an expired token would have passed with `now = 0`; a public path is refused too.
+    assert_eq!(
+        run(&host, &shared, 3, &testing::request("/health", None)),
+        Verdict::Replied
+    );
+}
+
+#[test]
+fn failing_host_calls_fail_closed() {
+    let key = Key::new("k1");
+    let t = token(&key, &[]);
+    for call in [
+        "request_headers",
+        "set_request_header",
+        "remove_request_header",
+    ] {
+        let (host, shared) = ready(&key);
+        host.state.borrow_mut().failing.insert(call);
+        let mut headers = testing::request("/score", Some(&t));
+        headers.push((b"x-claimgate-subject".to_vec(), b"root".to_vec()));
+        assert_eq!(run(&host, &shared, 2, &headers), Verdict::Replied, "{call}");
+        assert_eq!(
+            error_of(&host, 2),
+            (500, "filter_error".to_owned()),
+            "{call}"
+        );
+    }
+    // Not even a reply can be sent: the stream is reset, never continued.
+    let (host, shared) = ready(&key);
+    host.state.borrow_mut().failing.insert("send_reply");
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", None)),
+        Verdict::Replied
+    );
+    assert_eq!(host.state.borrow().resets, vec![2]);
+    // Metrics and properties are best effort: their failure changes nothing.
+    let (host, shared) = ready(&key);
+    host.state
+        .borrow_mut()
+        .failing
+        .extend(["set_property", "increment_metric"]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Continue
+    );
+}
+
+#[test]
+fn held_for_the_first_keys_then_released() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    let first = host.callouts()[0].clone();
+    assert_eq!(first.context, ROOT);
+    assert_eq!(
+        (first.cluster.as_str(), first.path.as_str()),
+        ("jwks", "/keys")
+    );
+    deliver(
+        &host,
+        &shared,
+        first.token,
+        Some("200"),
+        &testing::jwks(&[&key]),
+    );
+    assert_eq!(host.state.borrow().resumed, vec![2]);
+    assert!(host.header(2, "x-claimgate-subject").is_some());
+    assert_eq!(
+        host.state.borrow().effective,
+        ROOT,
+        "the root is effective again"
+    );
+}
+
+#[test]
+fn held_until_the_fetch_deadline_when_keys_never_come() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    let deadline = NOW_MS + host.callouts()[0].timeout_ms + DEADLINE_MARGIN_MS;
+    host.set_now(Some(deadline));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert!(host.replies().is_empty());
+    host.set_now(Some(deadline + 1));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert_eq!(error_of(&host, 2), (503, "keys_unavailable".to_owned()));
+}
+
+#[test]
+fn held_past_the_hold_limit_fails_closed() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    // A callout timeout longer than the hold limit: the hold limit answers first.
+    let shared = testing::configured(
+        &host,
+        &POLICY.replace(r#"timeout = "5s""#, r#"timeout = "30s""#),
+    );
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    host.set_now(Some(NOW_MS + HOLD_MAX_MS - 1));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert!(host.replies().is_empty());
+    host.set_now(Some(NOW_MS + HOLD_MAX_MS));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert_eq!(error_of(&host, 2), (503, "keys_unavailable".to_owned()));
+    assert_eq!(host.metric("claimgate.hold.expired"), Some(1));
+}
+
+#[test]
+fn the_hold_queue_is_bounded() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let t = token(&key, &[]);
+    for context in 0..MAX_HELD as u32 {
+        assert_eq!(
+            run(
+                &host,
+                &shared,
+                10 + context,
+                &testing::request("/score", Some(&t))
+            ),
+            Verdict::Held
+        );
+    }
+    let last = 10 + MAX_HELD as u32;
+    assert_eq!(
+        run(&host, &shared, last, &testing::request("/score", Some(&t))),
+        Verdict::Replied
+    );
+    assert_eq!(error_of(&host, last), (503, "keys_unavailable".to_owned()));
+}
+
+/// Defect 3: a client that hangs up during an unknown-`kid` refetch must not freeze refresh.
+/// The request only asks; the root dispatches (so the answer comes to the root), and a
+/// callout whose answer never comes is reclaimed at its deadline.
+#[test]
+fn a_client_hanging_up_during_a_refetch_does_not_freeze_refresh() {
+    let k1 = Key::new("k1");
+    let k2 = Key::new("k2");
+    let (host, shared) = ready(&k1);
+    let dispatched = host.callouts().len();
+    let t2 = token(&k2, &[]);
+    let at = NOW_MS + REFETCH_MIN_INTERVAL_MS;
+    host.set_now(Some(at));
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t2))),
+        Verdict::Held
+    );
+    assert_eq!(
+        host.callouts().len(),
+        dispatched,
+        "a request never dispatches"
+    );
+    assert_eq!(host.state.borrow().tick_period_ms, Some(FAST_TICK_MS));
+    host.hang_up(2);
+    forget(&shared, 2);
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let refetch = host.callouts().last().unwrap().clone();
+    assert_eq!(refetch.context, ROOT, "dispatched by the root");
+    assert_eq!(
+        host.state.borrow().tick_period_ms,
+        Some(TICK_MS),
+        "tick restored"
+    );
+    deliver(
+        &host,
+        &shared,
+        refetch.token,
+        Some("200"),
+        &testing::jwks(&[&k1, &k2]),
+    );
+    // The new key verifies right away.
+    assert_eq!(
+        run(&host, &shared, 3, &testing::request("/score", Some(&t2))),
+        Verdict::Continue
+    );
+}
+
+#[test]
+fn a_refetch_answer_that_never_comes_is_reclaimed() {
+    let k1 = Key::new("k1");
+    let k2 = Key::new("k2");
+    let k3 = Key::new("k3");
+    let (host, shared) = ready(&k1);
+    let mut now = NOW_MS + REFETCH_MIN_INTERVAL_MS;
+    host.set_now(Some(now));
+    assert_eq!(
+        run(
+            &host,
+            &shared,
+            2,
+            &testing::request("/score", Some(&token(&k2, &[])))
+        ),
+        Verdict::Held
+    );
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let lost = host.callouts().last().unwrap().clone();
+    // The answer never comes. Past the deadline the fetch is reclaimed and the held request
+    // decided with the keys at hand.
+    now += lost.timeout_ms + DEADLINE_MARGIN_MS + 1;
+    host.set_now(Some(now));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert_eq!(error_of(&host, 2), (401, "unknown_key".to_owned()));
+    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(1));
+    // Refresh is alive: after the backoff and the refetch interval, another unknown kid
+    // gets a fetch, whose answer is used.
+    now += REFETCH_MIN_INTERVAL_MS;
+    host.set_now(Some(now));
+    let t3 = token(&k3, &[]);
+    assert_eq!(
+        run(&host, &shared, 3, &testing::request("/score", Some(&t3))),
+        Verdict::Held
+    );
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let next = host.callouts().last().unwrap().clone();
+    assert_ne!(next.token, lost.token);
+    deliver(
+        &host,
+        &shared,
+        next.token,
+        Some("200"),
+        &testing::jwks(&[&k1, &k3]),
+    );
+    assert_eq!(host.state.borrow().resumed, vec![3]);
+    // The lost call's late answer is ignored.
+    deliver(
+        &host,
+        &shared,
+        lost.token,
+        Some("200"),
+        &testing::jwks(&[&k1]),
+    );
+    assert_eq!(
+        run(&host, &shared, 4, &testing::request("/score", Some(&t3))),
+        Verdict::Continue
+    );
+}
+
+#[test]
+fn the_regular_refresh_survives_a_lost_answer() {
+    let k1 = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let _shared = testing::configured(&host, POLICY);
+    let shared = _shared;
+    let first = host.callouts()[0].clone();
+    // Never answered: at each tick past the deadline plus backoff, a new fetch starts.
+    let mut now = NOW_MS;
+    for _ in 0..20 {
+        now += 1_000;
+        host.set_now(Some(now));
+        host.enter(ROOT);
+        root::tick(&host, &shared);
+    }
+    let callouts = host.callouts();
+    assert!(callouts.len() >= 3, "{callouts:?}");
+    assert!(callouts.iter().all(|c| c.context == ROOT));
+    deliver(
+        &host,
+        &shared,
+        callouts.last().unwrap().token,
+        Some("200"),
+        &testing::jwks(&[&k1]),
+    );
+    assert_ne!(callouts.last().unwrap().token, first.token);
+    assert_eq!(host.metric("claimgate.jwks.fetch_success"), Some(1));
+}
+
+#[test]
+fn a_failing_dispatch_backs_off() {
+    let host = MockHost::new(NOW_MS).failing("dispatch_http_call");
+    let shared = testing::configured(&host, POLICY);
+    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(1));
+    // Backoff 1 s, 2 s, 4 s: in 7.5 s, three more attempts, not seven.
+    let mut now = NOW_MS;
+    for _ in 0..15 {
+        now += 500;
+        host.set_now(Some(now));
+        host.enter(ROOT);
+        root::tick(&host, &shared);
+    }
+    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(4));
+}
+
+#[test]
+fn failed_tokens_are_remembered_until_keys_change() {
+    let k1 = Key::new("k1");
+    let k2 = Key::new("k2");
+    let (host, shared) = ready(&k1);
+    // Signed by k2 but claiming k1's kid: a bad signature, verified once.
+    let forged = k2.mint_with_kid("k1", &testing::claims(&[]));
+    for context in [2, 3] {
+        assert_eq!(
+            run(
+                &host,
+                &shared,
+                context,
+                &testing::request("/score", Some(&forged))
+            ),
+            Verdict::Replied
+        );
+        assert_eq!(error_of(&host, context), (401, "bad_signature".to_owned()));
+    }
+    assert_eq!(host.metric("claimgate.negative_cache.hit"), Some(1));
+    assert_eq!(host.metric("claimgate.token_cache.miss"), Some(1));
+    // The issuer publishes new keys: failures are forgotten.
+    host.set_now(Some(NOW_MS + 600_000));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let refresh = host.callouts().last().unwrap().clone();
+    deliver(
+        &host,
+        &shared,
+        refresh.token,
+        Some("200"),
+        &testing::jwks(&[&k1, &Key::new("k4")]),
+    );
+    assert_eq!(shared.borrow().cache.len().1, 0);
+}
+
+#[test]
+fn a_withdrawn_key_stops_verifying_cached_tokens() {
+    let k1 = Key::new("k1");
+    let k2 = Key::new("k2");
+    let (host, shared) = ready(&k1);
+    let t1 = token(&k1, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t1))),
+        Verdict::Continue
+    );
+    host.set_now(Some(NOW_MS + 600_000));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let refresh = host.callouts().last().unwrap().clone();
+    deliver(
+        &host,
+        &shared,
+        refresh.token,
+        Some("200"),
+        &testing::jwks(&[&k2]),
+    );
+    // Its kid is unknown now: the request asks for a refetch, which confirms it.
+    assert_eq!(
+        run(&host, &shared, 3, &testing::request("/score", Some(&t1))),
+        Verdict::Held
+    );
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let refetch = host.callouts().last().unwrap().clone();
+    deliver(
+        &host,
+        &shared,
+        refetch.token,
+        Some("200"),
+        &testing::jwks(&[&k2]),
+    );
+    assert_eq!(error_of(&host, 3), (401, "unknown_key".to_owned()));
+}
+
+#[test]
+fn bad_key_set_answers_keep_the_last_good_keys_with_one_warning() {
+    capture_logs();
+    let k1 = Key::new("k1");
+    let (host, shared) = ready(&k1);
+    let t1 = token(&k1, &[]);
+    let unsupported = vec![r#"{"kty":"oct","k":"AAAA"}"#; 60].join(",");
+    let answers = [
+        (None, String::new()),
+        (Some("503"), String::new()),
+        (Some("200"), "<html><body>Sign in</body></html>".to_owned()),
+        (Some("200"), r#"{"keys":[]}"#.to_owned()),
+        (Some("200"), format!(r#"{{"keys":[{unsupported}]}}"#)),
+        (Some("200"), " ".repeat(5 * 1024 * 1024)),
+    ];
+    let mut now = NOW_MS;
+    for (status, body) in answers {
+        now += 700_000;
+        host.set_now(Some(now));
+        host.enter(ROOT);
+        root::tick(&host, &shared);
+        let call = host.callouts().last().unwrap().clone();
+        capture_logs();
+        deliver(&host, &shared, call.token, status, &body);
+        let warnings = logged()
+            .into_iter()
+            .filter(|(l, _)| *l == log::Level::Warn)
+            .count();
+        assert_eq!(warnings, 1, "{status:?}: one warning per fetch");
+        let exp = now / 1000 + 600;
+        let t = token(&k1, &[("iat", json!(now / 1000)), ("exp", json!(exp))]);
+        assert_eq!(
+            run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+            Verdict::Continue,
+            "{status:?}"
+        );
+    }
+    let _ = t1;
+    // Skipped keys beside good ones: one summary line, keys installed.
+    now += 700_000;
+    host.set_now(Some(now));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let call = host.callouts().last().unwrap().clone();
+    capture_logs();
+    let mixed = format!(r#"{{"keys":[{},{unsupported}]}}"#, k1.jwk());
+    deliver(&host, &shared, call.token, Some("200"), &mixed);
+    let lines = logged();
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|(l, _)| *l == log::Level::Warn)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{lines:?}");
+    assert!(warnings[0].1.contains("60 keys skipped"), "{lines:?}");
+    assert!(warnings[0].1.len() < 1_200, "{lines:?}");
+}

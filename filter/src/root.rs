@@ -1,0 +1,78 @@
+//! The root context's work: configure (decode the policy, start the first fetches), tick
+//! (reclaim overdue fetches, dispatch due ones, release requests held too long) and callout
+//! answers (install keys, release held requests). Every JWKS callout starts here, never in a
+//! request (see `jwks`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::host::Host;
+use crate::jwks::{self, TICK_MS};
+use crate::request::{self, clock};
+use crate::state::Shared;
+
+/// Builds the root's state from the pluginConfig; `Err` refuses the configuration (Envoy then
+/// fails the filter closed).
+pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared>>, String> {
+    let config = match host.plugin_config() {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err("no pluginConfig".to_owned()),
+        Err(error) => return Err(format!("cannot read pluginConfig ({error})")),
+    };
+    let engine = claimgate_core::blob::engine_from_plugin_config(&config)
+        .map_err(|error| format!("pluginConfig refused: {error}"))?;
+    log::info!(
+        "claimgate: policy `{}` version {} active ({} rules, {} issuers)",
+        jwks::bounded(&engine.policy().name, 64),
+        engine.digest(),
+        engine.policy().rules.len(),
+        engine.policy().issuers.len()
+    );
+    // Without ticks no key would be refreshed and no held request would ever be answered.
+    host.set_tick_period_ms(TICK_MS)
+        .map_err(|error| format!("cannot set the tick ({error})"))?;
+    let shared = Rc::new(RefCell::new(Shared::new(
+        host,
+        Rc::new(engine),
+        root_context,
+    )));
+    if let Some(now_ms) = clock(host) {
+        shared.borrow_mut().last_clock_ms = now_ms;
+        jwks::dispatch_due(host, &shared, now_ms);
+    }
+    Ok(shared)
+}
+
+/// The root's tick.
+pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
+    let Some(now_ms) = clock(host) else {
+        log::warn!("claimgate: the host clock cannot be read: JWKS refresh skipped");
+        return;
+    };
+    shared.borrow_mut().last_clock_ms = now_ms;
+    let reclaimed = jwks::reclaim_overdue(host, shared, now_ms);
+    jwks::dispatch_due(host, shared, now_ms);
+    if reclaimed {
+        request::release_held(host, shared, now_ms, false);
+    }
+    request::release_held(host, shared, now_ms, true);
+    let restore = {
+        let mut s = shared.borrow_mut();
+        let restore = s.fast_tick && !s.scheduler.refetch_waiting();
+        if restore {
+            s.fast_tick = false;
+        }
+        restore
+    };
+    if restore {
+        let _ = host.set_tick_period_ms(TICK_MS);
+    }
+}
+
+/// A callout answered (delivered to the root).
+pub fn on_answer(host: &dyn Host, shared: &RefCell<Shared>, token: u32, body_size: usize) {
+    let now_ms = clock(host).unwrap_or_else(|| shared.borrow().last_clock_ms);
+    if jwks::on_answer(host, shared, token, body_size, now_ms) {
+        request::release_held(host, shared, now_ms, false);
+    }
+}
