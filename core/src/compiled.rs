@@ -100,8 +100,10 @@ pub struct CompiledIssuer {
     pub issuer: String,
     /// Accepted audiences (any of); empty means the audience is not checked.
     pub audiences: Vec<String>,
-    /// Claims whose values are compared with `audiences` (any of), e.g. `aud`, `azp`.
+    /// Claims whose values are compared with `audiences`, e.g. `aud`, `azp`.
     pub audience_claims: Vec<ClaimPath>,
+    /// How the audience claims must name accepted audiences.
+    pub audience_match: AudienceMatch,
     /// Algorithms a token may be signed with.
     pub algorithms: Vec<Algorithm>,
     /// Inline keys compiled into the blob.
@@ -126,6 +128,20 @@ pub struct CompiledIssuer {
     pub client_claims: Vec<ClaimPath>,
 }
 
+/// How an issuer's audience claims must name its accepted audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AudienceMatch {
+    /// One value of any listed claim is an accepted audience (the default; `["aud", "azp"]`
+    /// then accepts a token for another API whose `azp` is an accepted client).
+    #[default]
+    Any,
+    /// Every listed claim the token carries names an accepted audience (one of its values),
+    /// and `aud` is present when it is listed (RFC 8725 §3.9): a token for another API is
+    /// refused even when its `azp` is accepted.
+    All,
+}
+
 impl CompiledIssuer {
     /// An issuer with the compiler's defaults (audience claim `aud`, no audience checked,
     /// skew 60 s, `exp` required, subject `sub`, client `azp`/`client_id`/`appid`) and no
@@ -136,6 +152,7 @@ impl CompiledIssuer {
             issuer: issuer.to_owned(),
             audiences: Vec::new(),
             audience_claims: vec![ClaimPath::top("aud")],
+            audience_match: AudienceMatch::Any,
             algorithms,
             keys: Vec::new(),
             hmac_secret: None,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::compiled::{BeforeFirstFetch, DefaultAction, Mode, PathParameters};
+use crate::compiled::{AudienceMatch, BeforeFirstFetch, DefaultAction, Mode, PathParameters};
 
 /// A policy file.
 #[derive(Debug, Deserialize)]
@@ -47,7 +47,7 @@ pub struct PolicySource {
 pub struct TokenSource {
     /// Headers that may carry `Bearer <token>`.
     #[serde(default = "default_token_headers")]
-    pub headers: Vec<String>,
+    pub headers: Vec<Spanned<String>>,
     /// Pass the token header upstream (default true).
     #[serde(default = "yes")]
     pub forward: bool,
@@ -66,8 +66,8 @@ impl Default for TokenSource {
     }
 }
 
-fn default_token_headers() -> Vec<String> {
-    vec!["authorization".to_owned()]
+fn default_token_headers() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "authorization".to_owned())]
 }
 
 fn default_identity_prefix_text() -> String {
@@ -93,6 +93,9 @@ pub struct IssuerSource {
     pub audiences: Vec<String>,
     /// Claims compared with `audiences` (default `["aud"]`).
     pub audience_claims: Option<Vec<Spanned<String>>>,
+    /// `any` (default): one value of any audience claim is accepted; `all`: every audience
+    /// claim present names an accepted audience, and `aud` is present.
+    pub audience_match: Option<Spanned<AudienceMatch>>,
     /// Allowed algorithms.
     pub algorithms: Spanned<Vec<Spanned<String>>>,
     /// Clock skew (default `60s`).
@@ -156,7 +159,7 @@ pub struct RuleSource {
     pub paths: Vec<Spanned<String>>,
     /// Exact header values.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Spanned<String>>,
     /// Whom the rule allows.
     pub allow: Option<Spanned<toml::Value>>,
     /// Whom the rule denies.
@@ -199,7 +202,7 @@ pub struct RevokedSource {
     pub subjects: Option<Spanned<RevokedSubjects>>,
     /// Revoked token ids.
     #[serde(default)]
-    pub token_ids: Vec<String>,
+    pub token_ids: Vec<Spanned<String>>,
 }
 
 /// `[revoked] subjects`: a plain list is only unambiguous when the policy has one issuer.

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::algorithm::Algorithm;
 use crate::claims::{ClaimPath, collect_strings};
-use crate::compiled::CompiledIssuer;
+use crate::compiled::{AudienceMatch, CompiledIssuer};
 use crate::keys::{KeySet, MAX_KID_CHARS, printable};
 use crate::reason::{DenyReason, Malformed};
 
@@ -407,27 +407,62 @@ fn check_audience(
         });
         return Ok(());
     }
+    let accepted = |aud: &String| issuer.audiences.iter().any(|want| want == aud);
     let mut got = Vec::new();
-    for path in &issuer.audience_claims {
-        if let Some(value) = path.lookup(&token.claims) {
-            collect_strings_exact(value, &mut got);
+    let ok = match issuer.audience_match {
+        AudienceMatch::Any => {
+            for path in &issuer.audience_claims {
+                if let Some(value) = path.lookup(&token.claims) {
+                    collect_strings_exact(value, &mut got);
+                }
+            }
+            got.iter().any(accepted)
         }
-    }
-    let ok = got
-        .iter()
-        .any(|aud| issuer.audiences.iter().any(|want| want == aud));
+        AudienceMatch::All => {
+            // Every listed claim the token carries must name an accepted audience, `aud`
+            // must be there when listed, and some listed claim must be there at all.
+            let mut present = false;
+            let mut every = true;
+            for path in &issuer.audience_claims {
+                match path.lookup(&token.claims) {
+                    Some(value) => {
+                        let mut values = Vec::new();
+                        collect_strings_exact(value, &mut values);
+                        present = true;
+                        every &= values.iter().any(accepted);
+                        got.extend(values);
+                    }
+                    None if path.0 == ["aud"] => every = false,
+                    None => {}
+                }
+            }
+            present && every
+        }
+    };
     record(trace, "audience", ok, || {
         let claims: Vec<String> = issuer
             .audience_claims
             .iter()
             .map(ClaimPath::to_string)
             .collect();
-        format!("{claims:?} = {got:?}, accepted {:?}", issuer.audiences)
+        let mode = match issuer.audience_match {
+            AudienceMatch::Any => "one of them",
+            AudienceMatch::All => "each present one",
+        };
+        format!(
+            "{claims:?} = {got:?}, accepted {:?} ({mode})",
+            issuer.audiences
+        )
     });
     if ok {
         Ok(())
     } else {
+        // Token text in a reason: bounded in count and length, printable.
         got.truncate(8);
+        let got = got
+            .iter()
+            .map(|aud| printable(aud, EXCERPT_CHARS))
+            .collect();
         Err(DenyReason::WrongAudience { got })
     }
 }

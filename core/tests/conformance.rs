@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claimgate_core::algorithm::ALL_ALGORITHMS;
-use claimgate_core::claims::ClaimPath;
 use claimgate_core::compiled::{
     CompiledIssuer, CompiledPolicy, PathIndex, Revocations, TokenSettings,
 };
@@ -235,22 +234,15 @@ fn issuer_for(
             keys = parse_jwks(text).map_err(|_| "jwks_error")?.keys;
         }
     }
+    // Audience any-of over `aud` (the vectors' model), every algorithm, no `exp` required.
     Ok(CompiledIssuer {
-        name: "vector".into(),
-        issuer: iss.into(),
         audiences,
-        audience_claims: vec![ClaimPath::top("aud")],
-        algorithms: ALL_ALGORITHMS.to_vec(),
         keys,
         hmac_secret,
-        remote_jwks: None,
         clock_skew_secs: skew,
         require_expiry: false,
-        max_lifetime_secs: None,
-        role_claims: vec![],
-        scope_claims: vec![],
-        subject_claim: ClaimPath::top("sub"),
         client_claims: vec![],
+        ..CompiledIssuer::new("vector", iss, ALL_ALGORITHMS.to_vec())
     })
 }
 

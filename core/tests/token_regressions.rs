@@ -321,3 +321,78 @@ allow = "authenticated"
     assert_eq!(skipped.len(), 1, "{:?}", compiled.warnings);
     assert!(skipped[0].message.contains("`enc`"), "{}", skipped[0]);
 }
+
+/// Defect 6 (RFC 8725 §3.9): with `audience_claims = ["aud", "azp"]` any one claim naming an
+/// accepted audience passed, so a token minted for another API but requested by an accepted
+/// client was replayable here. `audience_match = "all"` refuses it.
+#[test]
+fn audience_match_all_refuses_a_token_for_another_api() {
+    let policy = |mode: &str| {
+        format!(
+            r#"
+version = 1
+[issuers.hs]
+issuer = "{HS_ISS}"
+audiences = ["scoring-api", "ml-client"]
+audience_claims = ["aud", "azp"]
+{mode}
+algorithms = ["HS256"]
+hmac_secret = "{}"
+[[rules]]
+name = "r"
+paths = ["/*"]
+allow = "authenticated"
+"#,
+            URL_SAFE_NO_PAD.encode(SECRET)
+        )
+    };
+    let engine = |mode: &str| {
+        let compiled = compile(&policy(mode), "p.toml", &|_: &str| Err(String::new())).unwrap();
+        let (bytes, digest) = blob::encode(&compiled.policy).unwrap();
+        Engine::new(blob::decode(&bytes).unwrap().0, digest).unwrap()
+    };
+    let (any, all) = (engine(""), engine(r#"audience_match = "all""#));
+    let token = |aud: &str, azp: Option<&str>| {
+        let aud: Value = serde_json::from_str(aud).unwrap();
+        let mut claims = json!({ "iss": HS_ISS, "sub": "a", "exp": NOW + 60, "aud": aud });
+        if let Some(azp) = azp {
+            claims["azp"] = azp.into();
+        }
+        hs256(HEADER, &claims.to_string())
+    };
+    let verdict = |engine: &Engine, token: &str| match engine.authenticate(
+        token,
+        NOW,
+        &RemoteKeys::default(),
+        &mut None,
+    ) {
+        Ok(_) => "ok".to_owned(),
+        Err(reason) => reason.code().to_owned(),
+    };
+    let replayed = token(r#""billing-api""#, Some("ml-client"));
+    assert_eq!(verdict(&any, &replayed), "ok");
+    assert_eq!(verdict(&all, &replayed), "wrong_audience");
+    // Ours in `aud` and an accepted client: both modes accept.
+    let good = token(r#"["scoring-api", "other"]"#, Some("ml-client"));
+    assert_eq!(
+        (verdict(&any, &good), verdict(&all, &good)),
+        ("ok".into(), "ok".into())
+    );
+    // `azp` absent: only `aud` is there, and it must name us.
+    let no_azp = token(r#""scoring-api""#, None);
+    assert_eq!(verdict(&all, &no_azp), "ok");
+    // An unknown client in `azp` is refused in `all` mode.
+    let stranger = token(r#""scoring-api""#, Some("someone-else"));
+    assert_eq!(verdict(&any, &stranger), "ok");
+    assert_eq!(verdict(&all, &stranger), "wrong_audience");
+    // `aud` missing: refused in `all` mode even though `azp` is accepted.
+    let mut claims = json!({ "iss": HS_ISS, "sub": "a", "exp": NOW + 60, "azp": "ml-client" });
+    let no_aud = hs256(HEADER, &claims.to_string());
+    assert_eq!(verdict(&any, &no_aud), "ok");
+    assert_eq!(verdict(&all, &no_aud), "wrong_audience");
+    claims["aud"] = json!([]);
+    assert_eq!(
+        verdict(&all, &hs256(HEADER, &claims.to_string())),
+        "wrong_audience"
+    );
+}

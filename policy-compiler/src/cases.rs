@@ -11,7 +11,9 @@ use std::rc::Rc;
 use claimgate_core::engine::Request;
 use serde::Deserialize;
 
-use crate::{CliError, Exit, TestArgs, compile_file, engine_from, read_file, token_argument};
+use crate::{
+    CliError, Exit, TestArgs, compile_file, engine_from, output, read_file, token_argument,
+};
 
 /// A cases file.
 #[derive(Debug, Deserialize)]
@@ -183,18 +185,21 @@ pub fn cmd_test(args: &TestArgs) -> Result<Exit, CliError> {
     let failed = results.iter().filter(|r| !r.passed).count();
     if args.json {
         let out = serde_json::json!({ "passed": results.len() - failed, "failed": failed, "cases": results });
-        println!("{out:#}");
+        output::outln(&format!("{out:#}"))?;
     } else {
+        let mut text = String::new();
         for r in &results {
-            println!("{} {}", if r.passed { "PASS" } else { "FAIL" }, r.name);
+            let verdict = if r.passed { "PASS" } else { "FAIL" };
+            text.push_str(&format!("{verdict} {}\n", r.name));
             for f in &r.failures {
-                println!("     {f}");
+                text.push_str(&format!("     {f}\n"));
             }
         }
-        println!(
-            "policy tests: {} passed, {failed} failed",
+        text.push_str(&format!(
+            "policy tests: {} passed, {failed} failed\n",
             results.len() - failed
-        );
+        ));
+        output::out(&text)?;
     }
     Ok(if failed == 0 { Exit::Ok } else { Exit::Denied })
 }

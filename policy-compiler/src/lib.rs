@@ -9,6 +9,7 @@
 
 pub mod cases;
 pub mod manifest;
+pub mod output;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -95,7 +96,8 @@ pub struct ExplainArgs {
     /// The policy file (TOML) or compiled pluginConfig JSON (`.json`).
     #[arg(long)]
     pub policy: PathBuf,
-    /// The bearer token, or `@FILE` to read it from a file. Leave out for a request without one.
+    /// The bearer token, `@FILE` to read it from a file or `-` from standard input. Leave
+    /// out for a request without one.
     #[arg(long)]
     pub token: Option<String>,
     /// HTTP method.
@@ -107,7 +109,8 @@ pub struct ExplainArgs {
     /// Host / authority.
     #[arg(long, default_value = "localhost")]
     pub host: String,
-    /// Extra request header, `NAME=VALUE` (repeatable).
+    /// Request header, `NAME=VALUE` (repeatable; repeated names are kept, in order, as
+    /// separate header lines).
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
     /// Clock, UNIX seconds (default: now).
@@ -150,13 +153,16 @@ pub enum CliError {
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
+    /// Standard output could not be written (other than a reader that went away).
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 impl CliError {
     fn exit(&self) -> Exit {
         match self {
             CliError::InvalidPolicy(_) => Exit::InvalidPolicy,
-            CliError::Io { .. } | CliError::Usage(_) => Exit::Usage,
+            CliError::Io { .. } | CliError::Usage(_) | CliError::Output(_) => Exit::Usage,
         }
     }
 }
@@ -199,7 +205,7 @@ pub fn engine_from(compiled: &Compiled) -> Result<Engine, CliError> {
 
 pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
     for d in diagnostics {
-        eprintln!("{d}");
+        output::errln(&d.to_string());
     }
 }
 
@@ -219,15 +225,15 @@ pub fn cmd_compile(args: &CompileArgs) -> Result<Exit, CliError> {
                 path: path.display().to_string(),
                 source,
             })?;
-            eprintln!(
+            output::errln(&format!(
                 "wrote {} ({} rules, {} issuers, version {})",
                 path.display(),
                 compiled.policy.rules.len(),
                 compiled.policy.issuers.len(),
                 config.digest
-            );
+            ));
         }
-        None => println!("{json}"),
+        None => output::outln(&json)?,
     }
     Ok(Exit::Ok)
 }
@@ -247,13 +253,13 @@ pub fn cmd_check(args: &CheckArgs) -> Result<Exit, CliError> {
     let warnings = diagnostics.len() - errors;
     if args.json {
         let out = serde_json::json!({ "errors": errors, "warnings": warnings, "diagnostics": diagnostics });
-        println!("{out:#}");
+        output::outln(&format!("{out:#}"))?;
     } else {
         print_diagnostics(&diagnostics);
-        eprintln!(
+        output::errln(&format!(
             "{}: {errors} error(s), {warnings} warning(s)",
             args.policy.display()
-        );
+        ));
     }
     Ok(if errors > 0 || (args.deny_warnings && warnings > 0) {
         Exit::InvalidPolicy
@@ -269,21 +275,46 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads `@file` or returns the text itself, trimmed.
+/// Reads `@file`, `-` (standard input) or returns the text itself, trimmed.
 pub fn token_argument(text: &str) -> Result<String, CliError> {
+    if text == "-" {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token).map_err(|source| {
+            CliError::Io {
+                path: "standard input".to_owned(),
+                source,
+            }
+        })?;
+        return Ok(token.trim().to_owned());
+    }
     match text.strip_prefix('@') {
         Some(path) => Ok(read_file(Path::new(path))?.trim().to_owned()),
         None => Ok(text.trim().to_owned()),
     }
 }
 
-/// Parses `NAME=VALUE` pairs into lower-case header names.
+/// Parses `NAME=VALUE` pairs into lower-case header names, in the order given. A name given
+/// twice stays twice (as two header lines reach Envoy): the engine, not the CLI, decides
+/// what a repeated header means (two token headers are a malformed request).
 pub fn header_pairs(list: &[String]) -> Result<Vec<(String, String)>, CliError> {
     list.iter()
         .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .ok_or_else(|| CliError::Usage(format!("`{pair}` is not NAME=VALUE")))
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| CliError::Usage(format!("`{pair}` is not NAME=VALUE")))?;
+            let name = name.trim().to_ascii_lowercase();
+            let bare = name.strip_prefix(':').unwrap_or(&name);
+            if bare.is_empty()
+                || !bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err(CliError::Usage(format!(
+                    "`{name}` (in `{pair}`) is not a header name"
+                )));
+            }
+            // Envoy trims optional whitespace around a value; so does the CLI.
+            Ok((name, value.trim().to_owned()))
         })
         .collect()
 }
@@ -421,9 +452,9 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
                 .collect::<Vec<_>>(),
             "decision": decision,
         });
-        println!("{out:#}");
+        output::outln(&format!("{out:#}"))?;
     } else {
-        print!("{}", render_decision(&decision, &engine));
+        output::out(&render_decision(&decision, &engine))?;
     }
     Ok(if decision.allowed {
         Exit::Ok
@@ -462,7 +493,7 @@ where
             if let CliError::InvalidPolicy(diagnostics) = &error {
                 print_diagnostics(diagnostics);
             }
-            eprintln!("claimgate: {error}");
+            output::errln(&format!("claimgate: {error}"));
             error.exit().into()
         }
     }

@@ -127,12 +127,12 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
             continue;
         }
         if remote.cluster != endpoint.istio_cluster() {
-            eprintln!(
+            crate::output::errln(&format!(
                 "warning: the policy reaches {} through cluster `{}`; the ServiceEntry below creates `{}`",
                 remote.uri,
                 remote.cluster,
                 endpoint.istio_cluster()
-            );
+            ));
         }
         for doc in jwks_egress(&endpoint, &args.namespace) {
             if !documents.contains(&doc) {
@@ -156,7 +156,7 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
             path: path.display().to_string(),
             source,
         })?,
-        None => print!("{out}"),
+        None => crate::output::out(&out)?,
     }
     Ok(Exit::Ok)
 }

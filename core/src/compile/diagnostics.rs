@@ -1,0 +1,169 @@
+//! Diagnostics: what the compiler reports, with file, line, column and a hint, and the
+//! context that collects them so one run reports every problem it can find.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+/// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The policy does not compile.
+    Error,
+    /// The policy compiles, but probably not as meant.
+    Warning,
+}
+
+/// A problem found in a policy, with its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Stable kind, e.g. `unknown_issuer`.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+    /// File name as given.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {severity}[{}]: {}",
+            self.file, self.line, self.column, self.kind, self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects the diagnostics of one compilation. Every diagnostic the compiler raises itself
+/// carries a hint (the parameter is not optional).
+pub(super) struct Context<'a> {
+    file: &'a str,
+    text: &'a str,
+    pub(super) diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(file: &'a str, text: &'a str) -> Context<'a> {
+        Context {
+            file,
+            text,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        kind: &'static str,
+        span: &Range<usize>,
+        message: String,
+        hint: String,
+    ) {
+        let (line, column) = self.position(span.start);
+        self.diagnostics.push(Diagnostic {
+            severity,
+            kind,
+            message,
+            hint: Some(hint),
+            file: self.file.to_owned(),
+            line,
+            column,
+        });
+    }
+
+    /// Records an error.
+    pub(super) fn error(
+        &mut self,
+        kind: &'static str,
+        span: &Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(Severity::Error, kind, span, message.into(), hint.into());
+    }
+
+    /// Records a warning.
+    pub(super) fn warn(
+        &mut self,
+        kind: &'static str,
+        span: &Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(Severity::Warning, kind, span, message.into(), hint.into());
+    }
+
+    /// A mark to ask later whether errors were raised since ([`Context::errors_since`]).
+    pub(super) fn mark(&self) -> usize {
+        self.diagnostics.len()
+    }
+
+    /// Whether an error was raised after `mark`.
+    pub(super) fn errors_since(&self, mark: usize) -> bool {
+        self.diagnostics
+            .iter()
+            .skip(mark)
+            .any(|d| d.severity == Severity::Error)
+    }
+
+    /// Whether any error was raised.
+    pub(super) fn has_errors(&self) -> bool {
+        self.errors_since(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_lines_and_character_columns() {
+        let text = "a = 1\nnäme = \"x\"\n";
+        let cx = Context::new("p.toml", text);
+        assert_eq!(cx.position(0), (1, 1));
+        assert_eq!(cx.position(6), (2, 1));
+        let eq = text.find('=').map(|_| text.rfind('=').unwrap()).unwrap();
+        assert_eq!(cx.position(eq), (2, 6));
+        assert_eq!(cx.position(10_000), (3, 1));
+    }
+
+    #[test]
+    fn errors_carry_place_and_hint() {
+        let mut cx = Context::new("p.toml", "x\ny = 2\n");
+        let mark = cx.mark();
+        cx.warn("w", &(0..1), "careful", "look");
+        assert!(!cx.errors_since(mark));
+        cx.error("bad", &(2..3), "wrong", "fix it");
+        assert!(cx.errors_since(mark) && cx.has_errors());
+        assert_eq!(
+            cx.diagnostics[1].to_string(),
+            "p.toml:2:1: error[bad]: wrong\n  hint: fix it"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Warnings about policies that compile but probably do not mean what they say: an issuer
+//! no rule can use, a rule another rule always decides first.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::diagnostics::Context;
+use crate::compiled::{CompiledRule, Effect, HostPattern, PathPattern, Principal, Segment};
+use crate::source::IssuerSource;
+
+/// Warns about issuers no rule can use.
+pub(super) fn unused_issuers(
+    cx: &mut Context<'_>,
+    issuers: &BTreeMap<String, Spanned<IssuerSource>>,
+    rules: &[CompiledRule],
+) {
+    let open_rule = rules
+        .iter()
+        .any(|r| matches!(&r.principal, Principal::Authenticated(req) if req.issuers.is_empty()));
+    for (i, (name, issuer)) in issuers.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let used = open_rule
+            || rules.iter().any(|r| {
+                matches!(&r.principal, Principal::Authenticated(req) if req.issuers.contains(&index))
+            });
+        if !used {
+            cx.warn(
+                "unused_issuer",
+                &issuer.span(),
+                format!("issuer `{name}` is not used by any rule"),
+                "name it in a rule's `issuers`, or remove it",
+            );
+        }
+    }
+}
+
+/// Warns about rules that can never decide: every request they match is decided by an
+/// unconditional rule first.
+pub(super) fn shadowed_rules(cx: &mut Context<'_>, rules: &[CompiledRule], spans: &[Range<usize>]) {
+    for (b_index, b) in rules.iter().enumerate() {
+        for (a_index, a) in rules.iter().enumerate() {
+            if a_index == b_index || a.principal != Principal::Anyone {
+                continue;
+            }
+            let shadows = match (a.effect, b.effect) {
+                (Effect::Deny, _) => true,
+                (Effect::Allow, Effect::Allow) => b.principal != Principal::Anyone,
+                (Effect::Allow, Effect::Deny) => false,
+            };
+            if shadows && covers(a, b) {
+                let what = if a.effect == Effect::Deny {
+                    "every request it matches is denied by"
+                } else {
+                    "every request it matches is already allowed to anyone by"
+                };
+                if let Some(span) = spans.get(b_index) {
+                    cx.warn(
+                        "shadowed_rule",
+                        span,
+                        format!("rule `{}` is shadowed: {what} rule `{}`", b.name, a.name),
+                        "narrow the other rule's hosts, methods, paths or headers, or remove this one",
+                    );
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Literal text every path the pattern matches starts with.
+fn literal_prefix(pattern: &PathPattern) -> (String, bool) {
+    match pattern {
+        PathPattern::Exact(p) => (p.clone(), true),
+        PathPattern::Prefix(p) => (p.clone(), false),
+        PathPattern::Template { segments, .. } => {
+            let mut prefix = String::from("/");
+            for segment in segments {
+                match segment {
+                    Segment::Literal(l) => {
+                        prefix.push_str(l);
+                        prefix.push('/');
+                    }
+                    Segment::Capture { prefix: p, .. } => {
+                        prefix.push_str(p);
+                        break;
+                    }
+                }
+            }
+            (prefix, false)
+        }
+    }
+}
+
+fn path_covers(a: &PathPattern, b: &PathPattern) -> bool {
+    if a == b {
+        return true;
+    }
+    match a {
+        PathPattern::Prefix(p) => literal_prefix(b).0.starts_with(p.as_str()),
+        PathPattern::Exact(_) | PathPattern::Template { .. } => false,
+    }
+}
+
+/// Whether every request `b` matches is also matched by `a` (conservative: may say no).
+fn covers(a: &CompiledRule, b: &CompiledRule) -> bool {
+    let hosts = a.hosts.is_empty()
+        || (!b.hosts.is_empty()
+            && b.hosts.iter().all(|bh| {
+                a.hosts.iter().any(|ah| match (ah, bh) {
+                    (HostPattern::Exact(x), HostPattern::Exact(y)) => x == y,
+                    (HostPattern::Suffix(s), HostPattern::Exact(y)) => {
+                        y.len() > s.len() && y.ends_with(s.as_str())
+                    }
+                    (HostPattern::Suffix(s), HostPattern::Suffix(t)) => t.ends_with(s.as_str()),
+                    (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
+                })
+            }));
+    let methods = a.methods.is_empty()
+        || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+    let headers = a.headers.iter().all(|h| b.headers.contains(h));
+    let paths = a.paths.is_empty()
+        || (!b.paths.is_empty()
+            && b.paths
+                .iter()
+                .all(|bp| a.paths.iter().any(|ap| path_covers(ap, bp))));
+    hosts && methods && headers && paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{compiled, kinds_of};
+
+    #[test]
+    fn unused_issuers_and_shadowed_rules_are_warned_about() {
+        let text = r#"version = 1
+[issuers.a]
+issuer = "https://a"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+[issuers.b]
+issuer = "https://b"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+[[rules]]
+name = "closed"
+paths = ["/admin/*"]
+deny = "anyone"
+[[rules]]
+name = "admin-users"
+paths = ["/admin/users"]
+allow = { issuers = ["a"] }
+[[rules]]
+name = "other"
+paths = ["/score"]
+allow = { issuers = ["a"] }
+"#;
+        let warnings = compiled(text).warnings;
+        assert_eq!(kinds_of(&warnings), ["unused_issuer", "shadowed_rule"]);
+        assert!(warnings[0].message.contains("`b`"));
+        assert!(warnings[1].message.contains("`admin-users`"));
+        assert_eq!(warnings[1].line, 17);
+    }
+}

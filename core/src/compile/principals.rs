@@ -1,0 +1,375 @@
+//! A rule's `allow` / `deny`: whom it names. Issuers by name, subjects scoped by issuer
+//! (`sub` is unique per issuer only, RFC 7519 §4.1.2), roles interned or templated from
+//! path variables, scopes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+use super::diagnostics::Context;
+use super::rules::is_variable_name;
+use crate::compiled::{Effect, Principal, Requirement, RoleRef, ScopedSubject, TemplatePart};
+use crate::source::{PrincipalSource, RuleSource};
+
+/// The rule's effect and principal; `None` after reporting why there is none.
+pub(super) fn principal(
+    cx: &mut Context<'_>,
+    rule: &RuleSource,
+    issuers: &HashMap<&str, u32>,
+    variables: &BTreeSet<String>,
+    intern: &mut dyn FnMut(&str) -> u32,
+) -> Option<(Effect, Principal)> {
+    let name = rule.name.get_ref();
+    let (effect, value) = match (&rule.allow, &rule.deny) {
+        (Some(allow), None) => (Effect::Allow, allow),
+        (None, Some(deny)) => (Effect::Deny, deny),
+        (Some(_), Some(deny)) => {
+            cx.error(
+                "allow_and_deny",
+                &deny.span(),
+                format!("rule `{name}` has both `allow` and `deny`"),
+                "split it into two rules",
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.error(
+                "no_principal",
+                &rule.name.span(),
+                format!("rule `{name}` has neither `allow` nor `deny`"),
+                "add e.g. `allow = { roles_any = [\"ml-scorer\"] }` or `allow = \"anyone\"`",
+            );
+            return None;
+        }
+    };
+    let span = value.span();
+    let principal = match value.get_ref() {
+        toml::Value::String(word) if word == "anyone" => Principal::Anyone,
+        toml::Value::String(word) if word == "authenticated" => {
+            Principal::Authenticated(Requirement::default())
+        }
+        toml::Value::String(word) => {
+            cx.error(
+                "bad_principal",
+                &span,
+                format!("`{word}` is not `anyone`, `authenticated` or a table"),
+                "write `\"anyone\"`, `\"authenticated\"` or a table such as `{ roles_any = [\"ml-scorer\"] }`",
+            );
+            return None;
+        }
+        value => match value.clone().try_into::<PrincipalSource>() {
+            Ok(table) => Principal::Authenticated(requirement(
+                cx, name, &span, table, issuers, variables, intern,
+            )?),
+            Err(error) => {
+                cx.error(
+                    "bad_principal",
+                    &span,
+                    format!("rule `{name}`: {}", error.message()),
+                    "fields: issuers, subjects, roles_any, roles_all, scopes_any, scopes_all",
+                );
+                return None;
+            }
+        },
+    };
+    Some((effect, principal))
+}
+
+fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let close = rest
+            .get(open..)
+            .and_then(|r| r.find('}'))
+            .map(|c| c + open)
+            .ok_or_else(|| format!("`{text}`: unbalanced braces"))?;
+        let before = rest.get(..open).unwrap_or("");
+        let var = rest.get(open + 1..close).unwrap_or("");
+        if before.contains('}') || !is_variable_name(var) {
+            return Err(format!("`{text}`: `{{{var}}}` is not a variable name"));
+        }
+        if !before.is_empty() {
+            parts.push(TemplatePart::Text(before.to_owned()));
+        }
+        parts.push(TemplatePart::Var(var.to_owned()));
+        rest = rest.get(close + 1..).unwrap_or("");
+    }
+    if rest.contains('}') {
+        return Err(format!("`{text}`: unbalanced braces"));
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Text(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// Refuses `""` in a list of names: it can only be a slip, and an empty role or scope would
+/// match an empty string in a token.
+fn no_empty_names(
+    cx: &mut Context<'_>,
+    rule: &str,
+    span: &Range<usize>,
+    field: &str,
+    list: &[String],
+) -> bool {
+    if list.iter().any(String::is_empty) {
+        cx.error(
+            "empty_name",
+            span,
+            format!("rule `{rule}` has an empty name `\"\"` in `{field}`"),
+            format!("remove `\"\"` from `{field}`"),
+        );
+        return false;
+    }
+    true
+}
+
+fn requirement(
+    cx: &mut Context<'_>,
+    rule: &str,
+    span: &Range<usize>,
+    table: PrincipalSource,
+    issuers: &HashMap<&str, u32>,
+    variables: &BTreeSet<String>,
+    intern: &mut dyn FnMut(&str) -> u32,
+) -> Option<Requirement> {
+    let mut ok = true;
+    for (field, list) in [
+        ("issuers", &table.issuers),
+        ("subjects", &table.subjects),
+        ("roles_any", &table.roles_any),
+        ("roles_all", &table.roles_all),
+        ("scopes_any", &table.scopes_any),
+        ("scopes_all", &table.scopes_all),
+    ] {
+        ok &= no_empty_names(cx, rule, span, field, list);
+    }
+    let mut issuer_ids = Vec::new();
+    for name in table.issuers.iter().filter(|n| !n.is_empty()) {
+        match issuers.get(name.as_str()) {
+            Some(&id) if !issuer_ids.contains(&id) => issuer_ids.push(id),
+            Some(_) => {}
+            None => {
+                let mut known: Vec<&str> = issuers.keys().copied().collect();
+                known.sort_unstable();
+                cx.error(
+                    "unknown_issuer",
+                    span,
+                    format!("rule `{rule}` names unknown issuer `{name}`"),
+                    format!("known issuers: {known:?}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let mut roles = |list: &[String]| -> Vec<RoleRef> {
+        let mut out = Vec::new();
+        for role in list.iter().filter(|r| !r.is_empty()) {
+            if !role.contains(['{', '}']) {
+                out.push(RoleRef::Interned(intern(role)));
+                continue;
+            }
+            match parse_template(role) {
+                Ok(parts) => {
+                    let undefined = parts.iter().find_map(|p| match p {
+                        TemplatePart::Var(v) if !variables.contains(v) => Some(v),
+                        _ => None,
+                    });
+                    if let Some(var) = undefined {
+                        cx.error(
+                            "undefined_variable",
+                            span,
+                            format!("rule `{rule}`: role template `{role}` uses `{{{var}}}`, which not every path of the rule captures"),
+                            format!("variables captured by every path: {variables:?}"),
+                        );
+                        ok = false;
+                    } else {
+                        out.push(RoleRef::Template(parts));
+                    }
+                }
+                Err(message) => {
+                    cx.error(
+                        "bad_template",
+                        span,
+                        message,
+                        "a role template fills `{variable}` from the rule's paths, e.g. `model.{model}.invoke`",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        out
+    };
+    let roles_any = roles(&table.roles_any);
+    let roles_all = roles(&table.roles_all);
+    // `sub` is unique per issuer only: a subject names a caller of the rule's issuers, or of
+    // the policy's only issuer.
+    let subject_issuers: Vec<u32> = if !issuer_ids.is_empty() {
+        issuer_ids.clone()
+    } else if issuers.len() == 1 {
+        issuers.values().copied().collect()
+    } else {
+        Vec::new()
+    };
+    if !table.subjects.is_empty() && subject_issuers.is_empty() && table.issuers.is_empty() {
+        let mut known: Vec<&str> = issuers.keys().copied().collect();
+        known.sort_unstable();
+        cx.error(
+            "unscoped_subjects",
+            span,
+            format!(
+                "rule `{rule}` names subjects without saying whose: the policy has {} issuers and `sub` is unique per issuer only",
+                issuers.len()
+            ),
+            format!("add `issuers = [\"…\"]` (one of {known:?}) to the same table"),
+        );
+        ok = false;
+    }
+    let subjects = subject_issuers
+        .iter()
+        .flat_map(|&issuer| {
+            table.subjects.iter().map(move |subject| ScopedSubject {
+                issuer,
+                subject: subject.clone(),
+            })
+        })
+        .collect();
+    ok.then_some(Requirement {
+        issuers: issuer_ids,
+        subjects,
+        roles_any,
+        roles_all,
+        scopes_any: table.scopes_any,
+        scopes_all: table.scopes_all,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{compiled, errors_of, kinds_of};
+    use super::*;
+    use crate::compiled::ScopedSubject;
+
+    const TWO_ISSUERS: &str = r#"version = 1
+[issuers.kc]
+issuer = "https://kc"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+[issuers.entra]
+issuer = "https://entra"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+"#;
+
+    fn rule(principal: &str) -> String {
+        format!("[[rules]]\nname = \"r\"\npaths = [\"/*\"]\nallow = {principal}\n")
+    }
+
+    /// Issue 8, defect 6: `subjects` without `issuers` compared the bare `sub`.
+    #[test]
+    fn subjects_need_an_issuer_when_several_could_have_minted_them() {
+        let text = format!("{TWO_ISSUERS}{}", rule("{ subjects = [\"svc-a\"] }"));
+        let errors = errors_of(&text);
+        assert_eq!(kinds_of(&errors), ["unscoped_subjects"]);
+        assert_eq!(errors[0].line, 15);
+        assert!(
+            errors[0]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("[\"entra\", \"kc\"]")
+        );
+
+        let text = format!(
+            "{TWO_ISSUERS}{}",
+            rule("{ issuers = [\"kc\", \"entra\"], subjects = [\"svc-a\"] }")
+        );
+        let requirement = match &compiled(&text).policy.rules[0].principal {
+            Principal::Authenticated(r) => r.clone(),
+            Principal::Anyone => panic!("anyone"),
+        };
+        // Issuers are indexed in name order: entra = 0, kc = 1.
+        assert_eq!(requirement.issuers, [1, 0]);
+        let scoped = |issuer| ScopedSubject {
+            issuer,
+            subject: "svc-a".into(),
+        };
+        assert_eq!(requirement.subjects, [scoped(1), scoped(0)]);
+    }
+
+    #[test]
+    fn a_single_issuer_scopes_subjects_by_itself() {
+        let one = TWO_ISSUERS.split("[issuers.entra]").next().unwrap();
+        let text = format!("{one}{}", rule("{ subjects = [\"svc-a\"] }"));
+        match &compiled(&text).policy.rules[0].principal {
+            Principal::Authenticated(r) => assert_eq!(
+                r.subjects,
+                [ScopedSubject {
+                    issuer: 0,
+                    subject: "svc-a".into()
+                }]
+            ),
+            Principal::Anyone => panic!("anyone"),
+        }
+    }
+
+    /// Issue 8, defect 11: `subjects = [""]` was accepted.
+    #[test]
+    fn empty_names_are_refused() {
+        for field in [
+            "subjects",
+            "roles_any",
+            "roles_all",
+            "scopes_any",
+            "scopes_all",
+            "issuers",
+        ] {
+            let text = format!(
+                "{TWO_ISSUERS}{}",
+                rule(&format!(
+                    "{{ issuers = [\"kc\"], {field} = [\"kc\", \"\"] }}"
+                ))
+                .replace("issuers = [\"kc\"], issuers", "issuers")
+            );
+            let kinds = kinds_of(&errors_of(&text));
+            assert_eq!(kinds, ["empty_name"], "{field}: {text}");
+        }
+    }
+
+    #[test]
+    fn principal_errors() {
+        let cases = [
+            ("\"everyone\"", "bad_principal"),
+            ("{ roles = [\"a\"] }", "bad_principal"),
+            ("{ issuers = [\"okta\"] }", "unknown_issuer"),
+            (
+                "{ roles_any = [\"model.{model}.invoke\"] }",
+                "undefined_variable",
+            ),
+            ("{ roles_any = [\"model.{model\"] }", "bad_template"),
+        ];
+        for (principal, kind) in cases {
+            let text = format!("{TWO_ISSUERS}{}", rule(principal));
+            assert_eq!(kinds_of(&errors_of(&text)), [kind], "{principal}");
+        }
+        let both = format!("{TWO_ISSUERS}{}deny = \"anyone\"\n", rule("\"anyone\""));
+        assert_eq!(kinds_of(&errors_of(&both)), ["allow_and_deny"]);
+    }
+
+    #[test]
+    fn role_templates() {
+        assert_eq!(
+            parse_template("model.{model}.invoke").unwrap(),
+            [
+                TemplatePart::Text("model.".into()),
+                TemplatePart::Var("model".into()),
+                TemplatePart::Text(".invoke".into())
+            ]
+        );
+        for bad in ["{", "}", "{a", "a}", "{1}", "{}"] {
+            assert!(parse_template(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! `[[rules]]`: what a rule matches (hosts, methods, paths, headers) and its name; whom it
+//! names is [`super::principals`]. Header conditions are checked against what the engine
+//! will see: headers under the identity prefix are stripped before matching (such a rule
+//! could never match), and values must be visible ASCII (a non-UTF-8 request header is
+//! matched through a lossy conversion, so a rule value must never contain what that
+//! conversion produces).
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::diagnostics::Context;
+use super::principals::principal;
+use crate::compiled::{CompiledRule, HostPattern, PathPattern, Segment};
+use crate::matcher;
+use crate::source::RuleSource;
+
+/// Compiled rules, the role names they intern (index = role id), and each rule's name span.
+pub(super) struct Rules {
+    pub(super) rules: Vec<CompiledRule>,
+    pub(super) roles: Vec<String>,
+    pub(super) spans: Vec<Range<usize>>,
+}
+
+/// Compiles every rule; names must be unique. `identity_prefix` is the policy's (`None`
+/// when it is itself invalid, which was reported).
+pub(super) fn compile_rules(
+    cx: &mut Context<'_>,
+    sources: &[Spanned<RuleSource>],
+    issuers: &HashMap<&str, u32>,
+    identity_prefix: Option<&str>,
+) -> Rules {
+    let mut out = Rules {
+        rules: Vec::new(),
+        roles: Vec::new(),
+        spans: Vec::new(),
+    };
+    let mut role_ids: HashMap<String, u32> = HashMap::new();
+    let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    for rule in sources {
+        let name = rule.get_ref().name.get_ref();
+        if let Some(first) = names.get(name) {
+            let (line, _) = cx.position(first.start);
+            cx.error(
+                "duplicate_rule",
+                &rule.get_ref().name.span(),
+                format!("rule name `{name}` is used twice"),
+                format!("the first `{name}` is on line {line}; rule names must be unique"),
+            );
+            continue;
+        }
+        names.insert(name.clone(), rule.get_ref().name.span());
+        let roles = &mut out.roles;
+        let mut intern = |role: &str| {
+            let next = u32::try_from(role_ids.len()).unwrap_or(u32::MAX);
+            *role_ids.entry(role.to_owned()).or_insert_with(|| {
+                roles.push(role.to_owned());
+                next
+            })
+        };
+        if let Some(compiled) = compile_rule(cx, rule, issuers, identity_prefix, &mut intern) {
+            out.rules.push(compiled);
+            out.spans.push(rule.get_ref().name.span());
+        }
+    }
+    out
+}
+
+fn compile_rule(
+    cx: &mut Context<'_>,
+    spanned: &Spanned<RuleSource>,
+    issuers: &HashMap<&str, u32>,
+    identity_prefix: Option<&str>,
+    intern: &mut dyn FnMut(&str) -> u32,
+) -> Option<CompiledRule> {
+    let rule = spanned.get_ref();
+    let name = rule.name.get_ref().clone();
+    let mark = cx.mark();
+    if name.is_empty() {
+        cx.error(
+            "empty_rule_name",
+            &rule.name.span(),
+            "rule name is empty",
+            "name the rule: the name appears in every decision and audit line",
+        );
+    }
+    let hosts: Vec<HostPattern> = rule
+        .hosts
+        .iter()
+        .filter_map(|h| parse_host(cx, h))
+        .collect();
+    let methods = methods(cx, &rule.methods);
+    let mut paths = Vec::new();
+    let mut variables: Option<BTreeSet<String>> = None;
+    for path in &rule.paths {
+        match parse_path(path.get_ref()) {
+            Ok((pattern, vars)) => {
+                let vars: BTreeSet<String> = vars.into_iter().collect();
+                // A role template may only use variables every path captures.
+                variables = Some(match variables {
+                    None => vars,
+                    Some(seen) => seen.intersection(&vars).cloned().collect(),
+                });
+                paths.push(pattern);
+            }
+            Err(message) => cx.error(
+                "bad_path",
+                &path.span(),
+                message,
+                "paths are exact (`/score`), prefixes (`/v2/health/*`) or templates (`/v2/models/{model}/infer`)",
+            ),
+        }
+    }
+    let variables = variables.unwrap_or_default();
+    let headers = headers(cx, rule, identity_prefix);
+    let (effect, principal) = principal(cx, rule, issuers, &variables, intern)?;
+    if cx.errors_since(mark) {
+        return None;
+    }
+    Some(CompiledRule {
+        name,
+        effect,
+        hosts,
+        methods,
+        paths,
+        headers,
+        principal,
+        audit: rule.audit,
+    })
+}
+
+fn methods(cx: &mut Context<'_>, list: &[Spanned<String>]) -> Vec<String> {
+    let mut methods = Vec::new();
+    for method in list {
+        let upper = method.get_ref().to_ascii_uppercase();
+        if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+            cx.error(
+                "bad_method",
+                &method.span(),
+                format!("`{}` is not an HTTP method", method.get_ref()),
+                "write a method name such as `POST` (compared case-insensitively)",
+            );
+        } else if !methods.contains(&upper) {
+            methods.push(upper);
+        }
+    }
+    methods
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Whether a header value can equal what the engine compares: visible ASCII, single spaces
+/// inside only (Envoy trims the ends).
+fn is_matchable_value(value: &str) -> bool {
+    value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+}
+
+fn headers(
+    cx: &mut Context<'_>,
+    rule: &RuleSource,
+    identity_prefix: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in &rule.headers {
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_prefix(':').unwrap_or(&lower);
+        if bare.is_empty() || !bare.bytes().all(is_token_char) {
+            cx.error(
+                "bad_header_name",
+                &value.span(),
+                format!("`{name}` is not an HTTP header name"),
+                "header names are letters, digits and `-` (pseudo-headers start with `:`)",
+            );
+            continue;
+        }
+        if let Some(prefix) = identity_prefix.filter(|p| lower.starts_with(p)) {
+            cx.error(
+                "identity_header_rule",
+                &value.span(),
+                format!(
+                    "rule `{}` matches header `{lower}`, but headers starting with `{prefix}` are removed from every request before rules are matched: the rule could never match",
+                    rule.name.get_ref()
+                ),
+                "the identity headers are claimgate's own output to the upstream; match the caller with `allow`/`deny` (issuers, subjects, roles, scopes) instead",
+            );
+            continue;
+        }
+        if !is_matchable_value(value.get_ref()) {
+            cx.error(
+                "bad_header_value",
+                &value.span(),
+                format!("the value required for header `{lower}` is not visible ASCII"),
+                "use printable ASCII (spaces only between words): request values outside it never match",
+            );
+            continue;
+        }
+        out.push((lower, value.get_ref().clone()));
+    }
+    out
+}
+
+fn parse_host(cx: &mut Context<'_>, host: &Spanned<String>) -> Option<HostPattern> {
+    let text = host.get_ref().to_ascii_lowercase();
+    let star = "`*` may only stand first, as `*.`";
+    if text.contains(':') || text.contains('/') || text.is_empty() {
+        cx.error(
+            "bad_host",
+            &host.span(),
+            format!("`{text}` is not a host name (no port, scheme or path)"),
+            "write the host alone, e.g. `fraud.westeurope.inference.ml.azure.com`; ports never take part in matching",
+        );
+        return None;
+    }
+    if let Some(suffix) = text.strip_prefix("*.") {
+        if suffix.contains('*') || suffix.is_empty() {
+            cx.error(
+                "bad_host",
+                &host.span(),
+                format!("`{text}`: {star}"),
+                "write e.g. `*.example.com`",
+            );
+            return None;
+        }
+        return Some(HostPattern::Suffix(format!(
+            ".{}",
+            suffix.trim_end_matches('.')
+        )));
+    }
+    if text.contains('*') {
+        cx.error(
+            "bad_host",
+            &host.span(),
+            format!("`{text}`: {star}"),
+            "to match every host, leave `hosts` out",
+        );
+        return None;
+    }
+    Some(HostPattern::Exact(text.trim_end_matches('.').to_owned()))
+}
+
+/// Whether `name` can name a path variable.
+pub(super) fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses a path pattern; returns it and the variables it captures.
+pub fn parse_path(text: &str) -> Result<(PathPattern, Vec<String>), String> {
+    if !text.starts_with('/') {
+        return Err(format!("`{text}` must start with `/`"));
+    }
+    if text.contains(['?', '#']) {
+        return Err(format!(
+            "`{text}`: paths are matched without query or fragment"
+        ));
+    }
+    let (base, open_ended) = match text.strip_suffix("/*") {
+        Some(base) => (base, true),
+        None => (text, false),
+    };
+    if base.contains('*') {
+        return Err(format!("`{text}`: `*` may only end a path, as `/*`"));
+    }
+    let probe = if base.is_empty() { "/" } else { base };
+    if matcher::is_unnormalized(probe) {
+        return Err(format!(
+            "`{text}` is not a normalised path (no `.`/`..` or empty segments)"
+        ));
+    }
+    if !base.contains(['{', '}']) {
+        return Ok((
+            if open_ended {
+                PathPattern::Prefix(format!("{base}/"))
+            } else {
+                PathPattern::Exact(base.to_owned())
+            },
+            Vec::new(),
+        ));
+    }
+    let mut segments = Vec::new();
+    let mut vars = Vec::new();
+    for segment in base.trim_start_matches('/').split('/') {
+        match (segment.find('{'), segment.find('}')) {
+            (None, None) => segments.push(Segment::Literal(segment.to_owned())),
+            (Some(open), Some(close)) if open < close => {
+                let prefix = segment.get(..open).unwrap_or("");
+                let var = segment.get(open + 1..close).unwrap_or("");
+                let suffix = segment.get(close + 1..).unwrap_or("");
+                if suffix.contains(['{', '}']) {
+                    return Err(format!("`{text}`: one `{{variable}}` per segment"));
+                }
+                if !is_variable_name(var) {
+                    return Err(format!("`{text}`: `{{{var}}}` is not a variable name"));
+                }
+                if vars.iter().any(|v| v == var) {
+                    return Err(format!("`{text}`: `{{{var}}}` is captured twice"));
+                }
+                vars.push(var.to_owned());
+                segments.push(Segment::Capture {
+                    prefix: prefix.to_owned(),
+                    var: var.to_owned(),
+                    suffix: suffix.to_owned(),
+                });
+            }
+            _ => return Err(format!("`{text}`: unbalanced braces")),
+        }
+    }
+    Ok((
+        PathPattern::Template {
+            segments,
+            open_ended,
+        },
+        vars,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{compiled, errors_of, kinds_of};
+    use super::*;
+
+    fn rule(body: &str) -> String {
+        format!(
+            "version = 1\n[[rules]]\nname = \"r\"\npaths = [\"/*\"]\nallow = \"anyone\"\n{body}\n"
+        )
+    }
+
+    /// Issue 8, defect 10: a rule on the filter's own `x-claimgate-*` headers matched in
+    /// `explain` but never in Envoy (the headers are stripped first).
+    #[test]
+    fn rules_on_identity_headers_are_refused() {
+        let errors = errors_of(&rule("headers = { \"X-Claimgate-Subject\" = \"admin\" }"));
+        assert_eq!(kinds_of(&errors), ["identity_header_rule"]);
+        assert_eq!((errors[0].line, errors[0].column), (6, 37));
+        let custom = "[token]\nidentity_header_prefix = \"x-auth-\"\n";
+        let text =
+            format!(
+                "version = 1\n{custom}{}",
+                rule("headers = { \"x-auth-user\" = \"a\", \"x-claimgate-user\" = \"b\" }")
+                    .replacen("version = 1\n", "", 1)
+            );
+        assert_eq!(kinds_of(&errors_of(&text)), ["identity_header_rule"]);
+    }
+
+    #[test]
+    fn header_values_must_be_visible_ascii() {
+        for value in [
+            "bl\\u00e9",
+            "\\u0000",
+            " blue",
+            "blue ",
+            "\\t",
+            "\\r\\nx: y",
+        ] {
+            let text = rule(&format!("headers = {{ \"deployment\" = \"{value}\" }}"));
+            assert_eq!(kinds_of(&errors_of(&text)), ["bad_header_value"], "{value}");
+        }
+        let text = rule("headers = { \"bad name\" = \"x\" }");
+        assert_eq!(kinds_of(&errors_of(&text)), ["bad_header_name"]);
+        let ok = compiled(&rule(
+            "headers = { \"AzureML-Model-Deployment\" = \"blue green\", \":authority\" = \"a.b\" }",
+        ));
+        assert_eq!(
+            ok.policy.rules[0].headers,
+            [
+                (":authority".to_owned(), "a.b".to_owned()),
+                (
+                    "azureml-model-deployment".to_owned(),
+                    "blue green".to_owned()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn hosts_and_methods() {
+        let ok = compiled(&rule(
+            "hosts = [\"A.Example.com.\", \"*.Svc.\"]\nmethods = [\"post\", \"POST\"]",
+        ));
+        let r = &ok.policy.rules[0];
+        assert_eq!(
+            r.hosts,
+            [
+                HostPattern::Exact("a.example.com".into()),
+                HostPattern::Suffix(".svc".into())
+            ]
+        );
+        assert_eq!(r.methods, ["POST"]);
+        let errors = errors_of(&rule(
+            "hosts = [\"a.com:80\", \"a.*.com\", \"*\"]\nmethods = [\"GE T\"]",
+        ));
+        assert_eq!(
+            kinds_of(&errors),
+            ["bad_host", "bad_host", "bad_host", "bad_method"]
+        );
+    }
+
+    #[test]
+    fn path_patterns() {
+        assert_eq!(
+            parse_path("/score").unwrap().0,
+            PathPattern::Exact("/score".into())
+        );
+        assert_eq!(
+            parse_path("/v2/*").unwrap().0,
+            PathPattern::Prefix("/v2/".into())
+        );
+        let (pattern, vars) = parse_path("/v1/models/{model}:predict").unwrap();
+        assert_eq!(vars, ["model"]);
+        assert!(matches!(
+            pattern,
+            PathPattern::Template {
+                open_ended: false,
+                ..
+            }
+        ));
+        for bad in [
+            "score", "/a?b", "/a/*/b", "/a/../b", "/{x}/{x}", "/{1x}", "/{a", "//a",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rule_names_are_unique_and_every_rule_error_is_reported() {
+        let text = "version = 1\n[[rules]]\nname = \"r\"\nallow = \"anyone\"\n[[rules]]\nname = \"r\"\nallow = \"anyone\"\n[[rules]]\nname = \"\"\npaths = [\"x\"]\nmethods = [\"1\"]\nallow = \"anyone\"\n";
+        let errors = errors_of(text);
+        assert_eq!(
+            kinds_of(&errors),
+            [
+                "duplicate_rule",
+                "empty_rule_name",
+                "bad_method",
+                "bad_path"
+            ]
+        );
+        assert!(errors[0].hint.as_deref().unwrap().contains("line 3"));
+    }
+}

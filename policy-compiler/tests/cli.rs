@@ -1,0 +1,112 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
+//! The `claimgate` binary as a shell runs it: output into a closed pipe, headers as given.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use policy_compiler::header_pairs;
+
+const POLICY: &str = r#"
+version = 1
+[[rules]]
+name = "health"
+paths = ["/health"]
+allow = "anyone"
+"#;
+
+/// Runs the binary with its standard output on a pipe whose reading end is closed before
+/// the binary can write (what `claimgate … | head` becomes once `head` has read its lines):
+/// the binary first reads `stdin` to its end (a `-` token, or the policy as `/dev/stdin`),
+/// and the pipe is closed before that end comes. Returns the status and stderr.
+fn run_into_closed_pipe(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_claimgate"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut input = child.stdin.take().unwrap();
+    // A binary that exited without reading its input makes this write fail: its status
+    // and stderr tell why.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Issue 8, defect 11: `explain … | head` panicked on the broken pipe ("failed printing to
+/// stdout"), exit 101 instead of the decision's exit code.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let dir = std::env::temp_dir().join(format!("claimgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, POLICY).unwrap();
+    let policy = path.to_str().unwrap();
+    for json in [false, true] {
+        for (request_path, decision) in [("/health", 0), ("/other", 2)] {
+            let mut args = vec![
+                "explain",
+                "--policy",
+                policy,
+                "--path",
+                request_path,
+                "--now",
+                "1800000000",
+                "--token",
+                "-",
+            ];
+            if json {
+                args.push("--json");
+            }
+            let (status, stderr) = run_into_closed_pipe(&args, "not-a-token");
+            assert_eq!(status, Some(decision), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        }
+    }
+    for args in [
+        vec!["compile", "/dev/stdin"],
+        vec!["check", "--json", "/dev/stdin"],
+        vec!["test", "/dev/stdin", "/dev/null"],
+    ] {
+        let (status, stderr) = run_into_closed_pipe(&args, POLICY);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(status, Some(101), "{args:?}: {stderr}");
+    }
+}
+
+/// Issue 8, defect 10: the engine must see every `--header` as a separate header line, in
+/// order, so that two token headers are judged as the filter judges them.
+#[test]
+fn headers_pass_through_in_order_without_merging() {
+    let pairs = header_pairs(&[
+        "Authorization=Bearer a".to_owned(),
+        "x-tenant= blue ".to_owned(),
+        "authorization=Bearer b".to_owned(),
+        "x-empty=".to_owned(),
+    ])
+    .unwrap();
+    assert_eq!(
+        pairs,
+        [
+            ("authorization".to_owned(), "Bearer a".to_owned()),
+            ("x-tenant".to_owned(), "blue".to_owned()),
+            ("authorization".to_owned(), "Bearer b".to_owned()),
+            ("x-empty".to_owned(), String::new()),
+        ]
+    );
+    for bad in ["novalue", "=x", "bad name=x", "é=x"] {
+        assert!(header_pairs(&[bad.to_owned()]).is_err(), "{bad}");
+    }
+}
