@@ -131,10 +131,10 @@ pub fn canonical_host(raw: &str) -> Result<Cow<'_, str>, DenyReason> {
             None => (raw, None),
         }
     };
-    if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(DenyReason::InvalidHost);
-        }
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(DenyReason::InvalidHost);
     }
     if name.is_empty() && port.is_some() {
         return Err(DenyReason::InvalidHost);

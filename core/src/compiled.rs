@@ -104,6 +104,9 @@ pub struct CompiledIssuer {
     pub audience_claims: Vec<ClaimPath>,
     /// How the audience claims must name accepted audiences.
     pub audience_match: AudienceMatch,
+    /// Accepted `typ` header values, as [`crate::token::token_type_key`] normalises them
+    /// (lower case, no `application/`); empty accepts any JWT type and none.
+    pub token_types: Vec<String>,
     /// Algorithms a token may be signed with.
     pub algorithms: Vec<Algorithm>,
     /// Inline keys compiled into the blob.
@@ -153,6 +156,7 @@ impl CompiledIssuer {
             audiences: Vec::new(),
             audience_claims: vec![ClaimPath::top("aud")],
             audience_match: AudienceMatch::Any,
+            token_types: Vec::new(),
             algorithms,
             keys: Vec::new(),
             hmac_secret: None,
@@ -427,14 +431,14 @@ impl CompiledPolicy {
                     });
                 }
                 for role in req.roles_any.iter().chain(&req.roles_all) {
-                    if let RoleRef::Interned(index) = role {
-                        if *index as usize >= role_count {
-                            return Err(StructureError::RoleIndex {
-                                rule: rule.name.clone(),
-                                index: *index,
-                                count: role_count,
-                            });
-                        }
+                    if let RoleRef::Interned(index) = role
+                        && *index as usize >= role_count
+                    {
+                        return Err(StructureError::RoleIndex {
+                            rule: rule.name.clone(),
+                            index: *index,
+                            count: role_count,
+                        });
                     }
                 }
             }

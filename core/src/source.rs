@@ -96,6 +96,9 @@ pub struct IssuerSource {
     /// `any` (default): one value of any audience claim is accepted; `all`: every audience
     /// claim present names an accepted audience, and `aud` is present.
     pub audience_match: Option<Spanned<AudienceMatch>>,
+    /// Accepted `typ` header values (e.g. `at+jwt`, RFC 9068); empty or absent: any JWT type.
+    #[serde(default)]
+    pub token_types: Vec<Spanned<String>>,
     /// Allowed algorithms.
     pub algorithms: Spanned<Vec<Spanned<String>>>,
     /// Clock skew (default `60s`).

@@ -45,8 +45,35 @@ pub struct DecodedToken<'a> {
     pub alg: String,
     /// The header's `kid`.
     pub kid: Option<String>,
+    /// The header's `typ`.
+    pub typ: Option<String>,
     /// The payload, NumericDates in whole seconds.
     pub claims: Map<String, Value>,
+}
+
+impl DecodedToken<'static> {
+    /// Claims without a token around them (policy unit tests written as claims): checked and
+    /// normalised as [`decode`] does a payload; no header, nothing signed.
+    pub fn from_claims(mut claims: Map<String, Value>) -> Result<Self, DenyReason> {
+        normalize_claims(&mut claims)?;
+        Ok(DecodedToken {
+            raw: "",
+            alg: String::new(),
+            kid: None,
+            typ: None,
+            claims,
+        })
+    }
+}
+
+/// A `typ` value as compared (RFC 7515 §4.1.9): ASCII case-insensitive, `application/`
+/// optional.
+pub fn token_type_key(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => lower,
+    }
 }
 
 fn malformed(detail: impl Into<String>) -> DenyReason {
@@ -96,11 +123,13 @@ pub fn decode(raw: &str) -> Result<DecodedToken<'_>, DenyReason> {
         .ok_or(DenyReason::Malformed(Malformed::MissingAlg))?
         .to_owned();
     let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+    let typ = header.get("typ").and_then(Value::as_str).map(str::to_owned);
     normalize_claims(&mut claims)?;
     Ok(DecodedToken {
         raw,
         alg,
         kid,
+        typ,
         claims,
     })
 }
@@ -253,6 +282,7 @@ pub(crate) fn verify_with_issuer(
     now: u64,
     trace: &mut Trace<'_>,
 ) -> Result<(), DenyReason> {
+    check_token_type(token, issuer, trace)?;
     let kid = token.kid.as_deref();
     let candidates = match keys.select(kid, alg) {
         Ok(candidates) => candidates,
@@ -326,6 +356,29 @@ pub(crate) fn verify_with_issuer(
     record(trace, "signature", true, || format!("verified with {alg}"));
 
     check_claims(token, issuer, now, trace)
+}
+
+/// The issuer's `token_types`, checked before any key is looked for: telling an ID token from
+/// an access token (RFC 9068, RFC 8725 §3.11) needs no signature work.
+fn check_token_type(
+    token: &DecodedToken<'_>,
+    issuer: &CompiledIssuer,
+    trace: &mut Trace<'_>,
+) -> Result<(), DenyReason> {
+    if issuer.token_types.is_empty() {
+        return Ok(());
+    }
+    let typ = token.typ.as_deref();
+    let ok = typ.is_some_and(|typ| issuer.token_types.contains(&token_type_key(typ)));
+    let shown = typ.map_or_else(|| "(absent)".to_owned(), |t| printable(t, EXCERPT_CHARS));
+    record(trace, "token type", ok, || {
+        format!("typ {shown}, accepted {:?}", issuer.token_types)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(DenyReason::TokenTypeNotAllowed { typ: shown })
+    }
 }
 
 /// The checks after the signature: times, lifetime, audience.

@@ -396,3 +396,71 @@ allow = "authenticated"
         "wrong_audience"
     );
 }
+
+/// Defect 6 (RFC 9068, RFC 8725 §3.11): nothing told an ID token from an access token.
+/// `token_types` names the accepted `typ` values.
+#[test]
+fn token_types_tell_access_tokens_from_id_tokens() {
+    let policy = |types: &str| {
+        format!(
+            "version = 1\n[issuers.hs]\nissuer = \"{HS_ISS}\"\naudiences = [\"api\"]\n{types}\nalgorithms = [\"HS256\"]\nhmac_secret = \"{}\"\n[[rules]]\nname = \"r\"\npaths = [\"/*\"]\nallow = \"authenticated\"\n",
+            URL_SAFE_NO_PAD.encode(SECRET)
+        )
+    };
+    let engine = |types: &str| {
+        let compiled = compile(&policy(types), "p.toml", &|_: &str| Err(String::new())).unwrap();
+        let (bytes, digest) = blob::encode(&compiled.policy).unwrap();
+        Engine::new(blob::decode(&bytes).unwrap().0, digest).unwrap()
+    };
+    let (open, strict) = (
+        engine(""),
+        engine(r#"token_types = ["at+jwt", "application/AT+JWT"]"#),
+    );
+    let payload = json!({ "iss": HS_ISS, "sub": "a", "exp": NOW + 60, "aud": "api" }).to_string();
+    let with_typ = |typ: Option<&str>| {
+        let header = match typ {
+            Some(typ) => json!({ "alg": "HS256", "typ": typ }),
+            None => json!({ "alg": "HS256" }),
+        };
+        hs256(&header.to_string(), &payload)
+    };
+    let verdict = |engine: &Engine, token: &str| match engine.authenticate(
+        token,
+        NOW,
+        &RemoteKeys::default(),
+        &mut None,
+    ) {
+        Ok(_) => "ok".to_owned(),
+        Err(reason) => reason.code().to_owned(),
+    };
+    for (typ, open_code, strict_code) in [
+        (Some("at+jwt"), "ok", "ok"),
+        (Some("application/at+JWT"), "ok", "ok"),
+        (Some("JWT"), "ok", "token_type_not_allowed"),
+        (None, "ok", "token_type_not_allowed"),
+        (Some("dpop+jwt"), "ok", "token_type_not_allowed"),
+    ] {
+        let token = with_typ(typ);
+        assert_eq!(verdict(&open, &token), open_code, "{typ:?}");
+        assert_eq!(verdict(&strict, &token), strict_code, "{typ:?}");
+    }
+    // The refusal comes before any key is looked at, and names the type briefly.
+    let long = format!("{}+jwt", "x".repeat(3000));
+    let reason = strict
+        .authenticate(
+            &with_typ(Some(&long)),
+            NOW,
+            &RemoteKeys::default(),
+            &mut None,
+        )
+        .unwrap_err();
+    assert!(reason.to_string().len() < 120, "{reason}");
+    // A `typ` that is no JWT type cannot be configured.
+    let refused = compile(
+        &policy(r#"token_types = ["JOSE"]"#),
+        "p.toml",
+        &|_: &str| Err(String::new()),
+    )
+    .unwrap_err();
+    assert_eq!(refused[0].kind, "bad_token_type");
+}

@@ -94,10 +94,11 @@ impl TokenCache {
 
     /// Looks a token up.
     pub fn lookup(&self, key: TokenKey, token: &str, now: u64) -> Lookup {
-        if let Some(entry) = self.verified.get(&key) {
-            if &*entry.token == token && now <= entry.valid_until {
-                return Lookup::Verified(entry.identity.clone());
-            }
+        if let Some(entry) = self.verified.get(&key)
+            && &*entry.token == token
+            && now <= entry.valid_until
+        {
+            return Lookup::Verified(entry.identity.clone());
         }
         match self.failed.get(&key) {
             Some(entry) if now <= entry.until => Lookup::Failed(entry.reason.clone()),

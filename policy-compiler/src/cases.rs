@@ -148,13 +148,13 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
                     .unwrap_or_default()
             ));
         }
-        if let Some(status) = case.expect.status {
-            if decision.status() != status {
-                failures.push(format!(
-                    "status: expected {status}, got {}",
-                    decision.status()
-                ));
-            }
+        if let Some(status) = case.expect.status
+            && decision.status() != status
+        {
+            failures.push(format!(
+                "status: expected {status}, got {}",
+                decision.status()
+            ));
         }
         if let Some(reason) = &case.expect.reason {
             let code = decision.reason.as_ref().map(|r| r.code()).unwrap_or("none");
@@ -162,13 +162,13 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
                 failures.push(format!("reason: expected {reason}, got {code}"));
             }
         }
-        if let Some(rule) = &case.expect.rule {
-            if decision.rule.as_deref() != Some(rule.as_str()) {
-                failures.push(format!(
-                    "rule: expected {rule}, got {}",
-                    decision.rule.as_deref().unwrap_or("-")
-                ));
-            }
+        if let Some(rule) = &case.expect.rule
+            && decision.rule.as_deref() != Some(rule.as_str())
+        {
+            failures.push(format!(
+                "rule: expected {rule}, got {}",
+                decision.rule.as_deref().unwrap_or("-")
+            ));
         }
         results.push(CaseResult {
             name: case.name.clone(),

@@ -16,6 +16,7 @@ use crate::algorithm::Algorithm;
 use crate::claims::ClaimPath;
 use crate::compiled::{AudienceMatch, CompiledIssuer};
 use crate::source::IssuerSource;
+use crate::token::token_type_key;
 
 /// Largest clock skew accepted, seconds.
 const MAX_CLOCK_SKEW_SECS: u64 = 600;
@@ -192,15 +193,15 @@ fn compile_issuer(
         );
     }
     let clock_skew_secs = whole_seconds(cx, source.clock_skew.as_ref(), 60, "clock_skew");
-    if let (Some(skew), Some(span)) = (clock_skew_secs, source.clock_skew.as_ref()) {
-        if skew > MAX_CLOCK_SKEW_SECS {
-            cx.error(
+    if let (Some(skew), Some(span)) = (clock_skew_secs, source.clock_skew.as_ref())
+        && skew > MAX_CLOCK_SKEW_SECS
+    {
+        cx.error(
                 "clock_skew_too_large",
                 &span.span(),
                 format!("clock skew of {skew}s is more than 10 minutes"),
                 "clocks that far apart need fixing (NTP); a skew that large lets expired tokens through",
             );
-        }
     }
     let max_lifetime_secs = match &source.max_lifetime {
         Some(value) => match whole_seconds(cx, Some(value), 0, "max_lifetime") {
@@ -238,6 +239,7 @@ fn compile_issuer(
         None => Some(ClaimPath::top("sub")),
     };
     check_audiences(cx, name, source);
+    let token_types = token_types(cx, source);
     if cx.errors_since(mark) {
         return None;
     }
@@ -247,6 +249,7 @@ fn compile_issuer(
         audiences: source.audiences.clone(),
         audience_claims,
         audience_match: audience_match(source),
+        token_types,
         algorithms,
         keys,
         hmac_secret,
@@ -259,6 +262,29 @@ fn compile_issuer(
         subject_claim: subject_claim?,
         client_claims,
     })
+}
+
+/// `token_types`, normalised as the token's `typ` is before they are compared.
+fn token_types(cx: &mut Context<'_>, source: &IssuerSource) -> Vec<String> {
+    let mut types = Vec::new();
+    for typ in &source.token_types {
+        let key = token_type_key(typ.get_ref());
+        let printable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
+        if !printable || (key != "jwt" && !key.ends_with("+jwt")) {
+            cx.error(
+                "bad_token_type",
+                &typ.span(),
+                format!(
+                    "`{}` is not a JWT `typ`: tokens whose `typ` is not `JWT` or `…+jwt` are always refused",
+                    typ.get_ref()
+                ),
+                "for access tokens per RFC 9068 write `token_types = [\"at+jwt\"]`; `JWT` accepts the generic type",
+            );
+        } else if !types.contains(&key) {
+            types.push(key);
+        }
+    }
+    types
 }
 
 fn audience_match(source: &IssuerSource) -> AudienceMatch {

@@ -135,9 +135,10 @@ fn remote_jwks(
             None
         }
     };
-    if let Some(endpoint) = endpoint.as_ref().filter(|e| !e.tls) {
-        if !plain_http_is_local(endpoint) {
-            cx.warn(
+    if let Some(endpoint) = endpoint.as_ref().filter(|e| !e.tls)
+        && !plain_http_is_local(endpoint)
+    {
+        cx.warn(
                 "plain_http_jwks",
                 &uri.span(),
                 format!(
@@ -146,7 +147,6 @@ fn remote_jwks(
                 ),
                 "use `https://` (or an in-cluster Service name, `*.svc.cluster.local`, when the traffic stays in the mesh)",
             );
-        }
     }
     // Without an explicit cluster, the one istiod builds for the URL's host.
     let cluster = match cluster {
@@ -164,15 +164,15 @@ fn remote_jwks(
         None => endpoint.as_ref().map(HttpEndpoint::istio_cluster),
     };
     let refresh_secs = whole_seconds(cx, source.refresh.as_ref(), 600, "refresh");
-    if let (Some(refresh), Some(span)) = (refresh_secs, source.refresh.as_ref()) {
-        if refresh < MIN_REFRESH_SECS {
-            cx.error(
-                "refresh_too_short",
-                &span.span(),
-                format!("refresh must be at least {MIN_REFRESH_SECS}s"),
-                "keys rotate in hours or days; an unknown `kid` triggers a refetch anyway",
-            );
-        }
+    if let (Some(refresh), Some(span)) = (refresh_secs, source.refresh.as_ref())
+        && refresh < MIN_REFRESH_SECS
+    {
+        cx.error(
+            "refresh_too_short",
+            &span.span(),
+            format!("refresh must be at least {MIN_REFRESH_SECS}s"),
+            "keys rotate in hours or days; an unknown `kid` triggers a refetch anyway",
+        );
     }
     let timeout_ms = timeout_millis(
         cx,

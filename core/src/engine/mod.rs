@@ -374,12 +374,7 @@ impl Engine {
         now: u64,
         trace: &mut Trace<'_>,
     ) -> Result<Identity, DenyReason> {
-        let decoded = token::DecodedToken {
-            raw: "",
-            alg: String::new(),
-            kid: None,
-            claims,
-        };
+        let decoded = token::DecodedToken::from_claims(claims)?;
         let iss = decoded.issuer().ok_or(DenyReason::Malformed(
             crate::reason::Malformed::MissingIssuer,
         ))?;
@@ -408,10 +403,10 @@ impl Engine {
         let scopes = token::extract_strings(claims, &issuer.scope_claims);
         let mut role_bits = vec![0u64; self.policy.roles.len().div_ceil(64)];
         for role in &roles {
-            if let Some(&id) = self.role_ids.get(role) {
-                if let Some(word) = role_bits.get_mut((id / 64) as usize) {
-                    *word |= 1u64 << (id % 64);
-                }
+            if let Some(&id) = self.role_ids.get(role)
+                && let Some(word) = role_bits.get_mut((id / 64) as usize)
+            {
+                *word |= 1u64 << (id % 64);
             }
         }
         let overage = issuer
