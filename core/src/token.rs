@@ -185,7 +185,9 @@ enum Rounding {
 }
 
 /// A NumericDate in whole seconds: a non-negative JSON number no larger than
-/// [`MAX_NUMERIC_DATE`], fractions rounded; anything else is `None`.
+/// [`MAX_NUMERIC_DATE`], fractions rounded; anything else is `None`. The rounding applies to
+/// the double the text parses to (sub-microsecond for dates near today; near 2^53 every
+/// double is a whole number).
 fn numeric_date(value: &Value, rounding: Rounding) -> Option<u64> {
     let Value::Number(number) = value else {
         return None;

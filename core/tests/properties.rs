@@ -8,6 +8,8 @@
 //! Property tests: the token decoder and the blob decoder never panic on any input, and the
 //! blob round-trips.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claimgate_core::blob;
 use claimgate_core::compile::compile;
 use claimgate_core::engine::{Engine, RemoteKeys, Request};
@@ -47,6 +49,35 @@ proptest! {
         let engine = engine();
         let raw = format!("{h}.{p}.{s}");
         let _ = engine.authenticate(&raw, 1_800_000_000, &RemoteKeys::default(), &mut None);
+    }
+
+    /// Fractional NumericDates are rounded towards refusal, by less than a second (from the
+    /// double the JSON text parses to: near 2^53 that is a whole number already).
+    #[test]
+    fn numeric_dates_round_towards_refusal(written in 0.0f64..9_007_199_254_740_992.0) {
+        let text = format!("{written:?}");
+        let seconds: f64 = serde_json::from_str(&text).unwrap();
+        let payload = format!(r#"{{"exp":{text},"nbf":{text}}}"#);
+        let raw = format!("eyJhbGciOiJSUzI1NiJ9.{}.", URL_SAFE_NO_PAD.encode(payload));
+        let decoded = token::decode(&raw).unwrap();
+        let exp = decoded.claims["exp"].as_u64().unwrap() as f64;
+        let nbf = decoded.claims["nbf"].as_u64().unwrap() as f64;
+        prop_assert!(exp <= seconds && seconds - exp < 1.0, "exp {exp} for {seconds}");
+        prop_assert!(nbf >= seconds && nbf - seconds < 1.0, "nbf {nbf} for {seconds}");
+    }
+
+    /// A payload is refused exactly when one of its objects repeats a member name.
+    #[test]
+    fn repeated_member_names_are_always_found(names in proptest::collection::vec("[ab]{1,2}", 0..6), nested in any::<bool>()) {
+        let members: Vec<String> = names.iter().map(|n| format!(r#""{n}":1"#)).collect();
+        let object = format!("{{{}}}", members.join(","));
+        let payload = if nested { format!(r#"{{"x":[{object}]}}"#) } else { object };
+        let raw = format!("eyJhbGciOiJSUzI1NiJ9.{}.", URL_SAFE_NO_PAD.encode(&payload));
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        let repeated = unique.len() != names.len();
+        prop_assert_eq!(token::decode(&raw).is_err(), repeated, "{}", payload);
     }
 
     #[test]

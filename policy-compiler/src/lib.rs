@@ -268,11 +268,13 @@ pub fn cmd_check(args: &CheckArgs) -> Result<Exit, CliError> {
     })
 }
 
-fn now_secs() -> u64 {
+/// The system clock, UNIX seconds. A clock before 1970 is an error, never `0` (at 0 every
+/// `exp` would pass).
+fn now_secs() -> Result<u64, CliError> {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_err(|_| CliError::Usage("the system clock reads before 1970: pass --now".to_owned()))
 }
 
 /// Reads `@file`, `-` (standard input) or returns the text itself, trimmed.
@@ -431,13 +433,12 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
         path: &args.path,
         headers: &headers,
     };
+    let now = match args.now {
+        Some(now) => now,
+        None => now_secs()?,
+    };
     let mut checks = Vec::new();
-    let decision = engine.decide(
-        &request,
-        args.now.unwrap_or_else(now_secs),
-        &remote,
-        Some(&mut checks),
-    );
+    let decision = engine.decide(&request, now, &remote, Some(&mut checks));
     if args.json {
         let out = serde_json::json!({
             "status": decision.status(),

@@ -110,3 +110,50 @@ fn headers_pass_through_in_order_without_merging() {
         assert!(header_pairs(&[bad.to_owned()]).is_err(), "{bad}");
     }
 }
+
+/// Issue 8, defect 10: `explain` took the first of two `Authorization` headers (200) where
+/// Envoy hands the filter both (401). It now passes every `--header` to the engine.
+#[test]
+fn explain_gives_the_filters_answer_for_repeated_token_headers() {
+    use jwt_simple::prelude::*;
+
+    let secret = [7u8; 32];
+    let policy = format!(
+        "version = 1\n[issuers.hs]\nissuer = \"https://hs\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"{}\"\n[[rules]]\nname = \"r\"\npaths = [\"/score\"]\nallow = \"authenticated\"\n",
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"
+    );
+    let dir = std::env::temp_dir().join(format!("claimgate-cli-h-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let claims = Claims::create(Duration::from_secs(600))
+        .with_issuer("https://hs")
+        .with_audience("api")
+        .with_subject("alice");
+    let token = HS256Key::from_bytes(&secret).authenticate(claims).unwrap();
+    let explain = |extra: &[String]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_claimgate"))
+            .args(["explain", "--json", "--path", "/score", "--policy"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (
+            output.status.code(),
+            answer["status"].as_u64(),
+            answer["code"].as_str().map(str::to_owned),
+        )
+    };
+    let header = |value: &str| vec!["--header".to_owned(), format!("authorization={value}")];
+    let bearer = format!("Bearer {token}");
+    assert_eq!(explain(&header(&bearer)), (Some(0), Some(200), None));
+    let malformed = (Some(2), Some(401), Some("malformed_token".to_owned()));
+    let twice = [header(&bearer), header(&bearer)].concat();
+    assert_eq!(explain(&twice), malformed);
+    let junk_first = [header("Bearer junk"), header(&bearer)].concat();
+    assert_eq!(explain(&junk_first), malformed);
+    let with_token = [header(&bearer), vec!["--token".to_owned(), token.clone()]].concat();
+    assert_eq!(explain(&with_token), malformed);
+}
