@@ -464,3 +464,24 @@ fn token_types_tell_access_tokens_from_id_tokens() {
     .unwrap_err();
     assert_eq!(refused[0].kind, "bad_token_type");
 }
+
+/// Defect 9's class: token text copied into a reason reaches every audit line. An unknown
+/// `iss` or an odd `alg` is copied bounded and printable (no line breaks, no escapes).
+#[test]
+fn unknown_issuers_and_algorithms_are_copied_briefly_and_printably() {
+    let keys = setup();
+    let forged_line = "\n2026-11-23T06:00:00Z claimgate: allow sub=admin";
+    let iss = format!("https://evil{forged_line}{}", "x".repeat(4000));
+    let payload = json!({ "iss": iss, "sub": "x", "exp": NOW + 60 }).to_string();
+    let reason = authenticate(&keys, &hs256(HEADER, &payload)).unwrap_err();
+    assert_eq!(reason.code(), "unknown_issuer");
+    let line = reason.to_string();
+    assert!(!line.contains('\n') && line.len() < 400, "{line}");
+
+    let header = json!({ "alg": format!("HS256{forged_line}") }).to_string();
+    let payload = json!({ "iss": HS_ISS, "sub": "x", "exp": NOW + 60 }).to_string();
+    let reason = authenticate(&keys, &hs256(&header, &payload)).unwrap_err();
+    assert_eq!(reason.code(), "algorithm_not_allowed");
+    let line = reason.to_string();
+    assert!(!line.contains('\n') && line.len() < 100, "{line}");
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::algorithm::Algorithm;
 use crate::compiled::{CompiledIssuer, CompiledPolicy, StructureError};
-use crate::keys::KeySet;
+use crate::keys::{KeySet, MAX_KID_CHARS, printable};
 use crate::matcher::Captures;
 use crate::reason::DenyReason;
 use crate::token::{self, Trace, record};
@@ -312,19 +312,26 @@ impl Engine {
             record(trace, "structure", false, || reason.to_string());
         })?;
         record(trace, "structure", true, || {
-            format!("alg {}, kid {:?}", decoded.alg, decoded.kid)
+            format!(
+                "alg `{}`, kid {:?}",
+                printable(&decoded.alg, 32),
+                decoded
+                    .kid
+                    .as_deref()
+                    .map(|kid| printable(kid, MAX_KID_CHARS))
+            )
         });
         let alg: Option<Algorithm> = decoded.alg.parse().ok();
         let iss = decoded.issuer().ok_or(DenyReason::Malformed(
             crate::reason::Malformed::MissingIssuer,
         ))?;
         let Some(&issuer_index) = self.issuer_by_iss.get(iss) else {
+            // Token text in a reason reaches every audit line: bounded and printable.
+            let iss = printable(iss, 256);
             record(trace, "issuer", false, || {
                 format!("`{iss}` is not a configured issuer")
             });
-            return Err(DenyReason::UnknownIssuer {
-                iss: iss.chars().take(256).collect(),
-            });
+            return Err(DenyReason::UnknownIssuer { iss });
         };
         let issuer = self
             .policy
@@ -337,12 +344,11 @@ impl Engine {
             format!("`{iss}` is issuer `{}`", issuer.name)
         });
         let Some(alg) = alg.filter(|a| issuer.algorithms.contains(a)) else {
+            let alg = printable(&decoded.alg, 32);
             record(trace, "algorithm", false, || {
-                format!("`{}` not in {:?}", decoded.alg, issuer.algorithms)
+                format!("`{alg}` not in {:?}", issuer.algorithms)
             });
-            return Err(DenyReason::AlgorithmNotAllowed {
-                alg: decoded.alg.chars().take(32).collect(),
-            });
+            return Err(DenyReason::AlgorithmNotAllowed { alg });
         };
         record(trace, "algorithm", true, || format!("{alg} is allowed"));
         // Fetched keys win; inline keys serve alone, or until the first fetch lands. An HMAC
@@ -383,7 +389,7 @@ impl Engine {
             .get(iss)
             .and_then(|&i| Some((i, self.policy.issuers.get(i)?)))
             .ok_or_else(|| DenyReason::UnknownIssuer {
-                iss: iss.to_owned(),
+                iss: printable(iss, 256),
             })?;
         record(trace, "signature", true, || {
             "not checked: unsigned test claims".to_owned()
