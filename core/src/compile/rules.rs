@@ -169,13 +169,26 @@ fn headers(
     let mut out = Vec::new();
     for (name, value) in &rule.headers {
         let lower = name.to_ascii_lowercase();
-        let bare = lower.strip_prefix(':').unwrap_or(&lower);
-        if bare.is_empty() || !bare.bytes().all(is_token_char) {
+        if lower.starts_with(':') {
+            // Pseudo-headers carry the raw request line, which the engine matches through
+            // `hosts`, `methods` and `paths` after canonicalising it; `explain` has none.
+            cx.error(
+                "pseudo_header_rule",
+                &value.span(),
+                format!(
+                    "rule `{}` matches the pseudo-header `{lower}`",
+                    rule.name.get_ref()
+                ),
+                "match the request line with `hosts`, `methods` and `paths`: they see the canonical form the upstream reads",
+            );
+            continue;
+        }
+        if lower.is_empty() || !lower.bytes().all(is_token_char) {
             cx.error(
                 "bad_header_name",
                 &value.span(),
                 format!("`{name}` is not an HTTP header name"),
-                "header names are letters, digits and `-` (pseudo-headers start with `:`)",
+                "header names are letters, digits and `-`, e.g. `azureml-model-deployment`",
             );
             continue;
         }
@@ -367,17 +380,22 @@ mod tests {
         let text = rule("headers = { \"bad name\" = \"x\" }");
         assert_eq!(kinds_of(&errors_of(&text)), ["bad_header_name"]);
         let ok = compiled(&rule(
-            "headers = { \"AzureML-Model-Deployment\" = \"blue green\", \":authority\" = \"a.b\" }",
+            "headers = { \"AzureML-Model-Deployment\" = \"blue green\", \"x-tenant\" = \"a.b\" }",
         ));
         assert_eq!(
             ok.policy.rules[0].headers,
             [
-                (":authority".to_owned(), "a.b".to_owned()),
                 (
                     "azureml-model-deployment".to_owned(),
                     "blue green".to_owned()
-                )
+                ),
+                ("x-tenant".to_owned(), "a.b".to_owned())
             ]
+        );
+        let text = rule("headers = { \":path\" = \"/admin\", \":Authority\" = \"a\" }");
+        assert_eq!(
+            kinds_of(&errors_of(&text)),
+            ["pseudo_header_rule", "pseudo_header_rule"]
         );
     }
 
