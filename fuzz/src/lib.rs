@@ -94,8 +94,9 @@ audit = true
 allow = { roles_any = ["auditor"] }
 
 [revoked]
-subjects = ["retired"]
 token_ids = ["leaked"]
+[revoked.subjects]
+kc = ["retired"]
 "#;
 
 /// The fuzzing keys and the engine built from them through the blob, as the filter builds it.
