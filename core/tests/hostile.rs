@@ -1402,3 +1402,198 @@ fn kid_rules() {
     );
     assert!(!text.contains('\u{1b}'), "{text:.200}");
 }
+
+#[test]
+fn several_authorization_headers() {
+    let e = engine();
+    let t = rs(json!({}));
+    let other = es(json!({"sub": "bob"}));
+    check(
+        &e,
+        vec![
+            case(
+                "two Authorization headers, same token",
+                req("POST", "h", "/score").bearer(&t).bearer(&t),
+                401,
+                "malformed_token",
+            ),
+            case(
+                "two Authorization headers, two tokens",
+                req("POST", "h", "/score").bearer(&t).bearer(&other),
+                401,
+                "malformed_token",
+            ),
+            case(
+                "valid then junk",
+                req("POST", "h", "/score").bearer(&t).auth("Bearer junk"),
+                401,
+                "malformed_token",
+            ),
+            case(
+                "Authorization and authorization",
+                req("POST", "h", "/score")
+                    .header("Authorization", &format!("Bearer {t}"))
+                    .bearer(&t),
+                401,
+                "malformed_token",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn encoded_paths_and_path_parameters() {
+    let e = engine();
+    let t = rs(json!({}));
+    let at = |path: &str| req("POST", "h", path).bearer(&t);
+    let mut cases = vec![
+        case(
+            "encoded unreserved letter",
+            at("/v1/models/leg%61cy:predict"),
+            403,
+            "explicit_deny",
+        ),
+        case(
+            "encoded first letter",
+            at("/v1/models/%6Cegacy:predict"),
+            403,
+            "explicit_deny",
+        ),
+        case(
+            "encoded colon",
+            at("/v1/models/legacy%3Apredict"),
+            403,
+            "explicit_deny",
+        ),
+        case(
+            "encoded segment",
+            at("/v1/%6d%6f%64%65%6c%73/legacy:predict"),
+            403,
+            "explicit_deny",
+        ),
+    ];
+    for path in [
+        "/v1/models/%252f/legacy:predict",
+        "/v1/models/legacy%3bv=1:predict",
+        "/v1/models/legacy%3Fx:predict",
+        "/v1/models/legacy%23x:predict",
+        "/v1/models/legacy%00:predict",
+        "/v1/models/legacy%0a:predict",
+        "/v1/models/legacy%7F:predict",
+        "/v1/models/legacy%ff:predict",
+        "/v1/models/%c3%28:predict",
+        "/v1/models/%G1:predict",
+        "/v1/models/legacy:predict%",
+        "/v1/models/legacy:predict%4",
+        "/v1/models/%2e/legacy:predict",
+        "/v1/models/.%2e/legacy:predict",
+    ] {
+        cases.push(case(
+            format!("path {path:?}"),
+            at(path),
+            400,
+            "unnormalized_path",
+        ));
+    }
+    for path in [
+        "/admin;x=1/y",
+        "/public/..;/admin/x",
+        "/public;/x",
+        "/v1/models/legacy;v=1:predict",
+    ] {
+        cases.push(case(
+            format!("path parameters {path:?}"),
+            at(path),
+            400,
+            "path_parameters",
+        ));
+    }
+    check(&e, cases);
+    // `path_parameters = "strip"`: each segment's `;…` is removed before matching.
+    let strip = engine_for(&POLICY.replacen(
+        "version = 1\n",
+        "version = 1\npath_parameters = \"strip\"\n",
+        1,
+    ))
+    .unwrap();
+    check(
+        &strip,
+        vec![
+            case(
+                "strip: /admin;x=1/y is /admin/y",
+                at("/admin;x=1/y"),
+                403,
+                "explicit_deny",
+            ),
+            case(
+                "strip: /public/..;/admin/x has a dot segment",
+                at("/public/..;/admin/x"),
+                400,
+                "unnormalized_path",
+            ),
+            case(
+                "strip: /public;a/x is /public/x",
+                at("/public;a/x"),
+                200,
+                "allow",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn invalid_hosts() {
+    let e = engine();
+    let mut cases = Vec::new();
+    for host in [
+        "secure.example.com:80:80",
+        "secure.example.com:",
+        "secure.example.com:http",
+        "secure.example.com:-1",
+        " secure.example.com",
+        "secure .example.com",
+        "user@secure.example.com",
+        "secure.example.com/x",
+        "secure.example.com\\x",
+        "[::1",
+        "[::1]x",
+    ] {
+        cases.push(case(
+            format!("host {host:?}"),
+            req("GET", host, "/internal/x"),
+            400,
+            "invalid_host",
+        ));
+    }
+    check(&e, cases);
+}
+
+#[test]
+fn identity_headers_cannot_be_refused_or_split() {
+    let e = engine();
+    let token = hs(json!({
+        "sub": "alice\r\nx-evil: 1\u{0}%41",
+        "roles": ["ml-scorer", "viewer,ml-admin", "ü"],
+    }));
+    let d = decide(&e, &score(&token));
+    assert!(d.allowed, "{:?}", d.reason);
+    let headers: HashMap<String, String> = e
+        .upstream_headers(&d)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(
+        headers["x-claimgate-subject"],
+        "alice%0D%0Ax-evil:%201%00%2541"
+    );
+    assert_eq!(
+        headers["x-claimgate-roles"],
+        "ml-scorer,viewer%2Cml-admin,%C3%BC"
+    );
+    for (name, value) in &headers {
+        assert!(
+            value.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{name}: {value:?}"
+        );
+    }
+}
