@@ -622,3 +622,64 @@ def test_no_token_in_logs_and_no_vm_failure(gate):
 def vm_counters(envoy):
     """Envoy's Wasm VM counters (`wasm.envoy.wasm.runtime.v8.created` / `.active`)."""
     return {k: v for k, v in envoy.stats().items() if k.startswith("wasm.envoy.wasm.runtime.")}
+
+
+def test_strict_token_decoding(gate):
+    g = gate
+    payload = json.dumps(claims(HS), separators=(",", ":"))
+    dup_sub = payload.replace('"sub":"alice"', '"sub":"alice","sub":"root"', 1)
+    raw_exp = lambda text: hs_raw(b'{"alg":"HS256"}', payload.replace(f'"exp":{NOW + 600}', f'"exp":{text}', 1).encode())  # noqa: E731
+    assert_cases(g, [
+        Case("duplicate alg in the header", 401, "malformed_token", headers=bearer(hs_raw(b'{"alg":"none","alg":"HS256"}', payload.encode()))),
+        Case("duplicate sub in the payload", 401, "malformed_token", headers=bearer(hs_raw(b'{"alg":"HS256"}', dup_sub.encode()))),
+        Case("crit empty", 401, "malformed_token", headers=bearer(hs({"alg": "HS256", "crit": []}))),
+        Case("crit a string", 401, "malformed_token", headers=bearer(hs({"alg": "HS256", "crit": "exp"}))),
+        Case("embedded jwk", 401, "malformed_token", headers=bearer(hs({"alg": "HS256", "jwk": {"kty": "oct", "k": "AAAA"}}))),
+        Case("exp with a fraction", 200, headers=bearer(raw_exp(f"{NOW + 600}.5"))),
+        Case("exp in exponent notation", 200, headers=bearer(raw_exp(f"{(NOW + 600) / 1e9!r}e9"))),
+        Case("exp above 2^53", 401, "malformed_token", headers=bearer(raw_exp("9007199254740993"))),
+        Case("RS256 without kid, two RSA keys", 401, "unknown_key", headers=bearer(mint(g, "RS256", "rsa-1", claims(), {"kid": None}))),
+        Case("attacker RSA key without kid", 401, "unknown_key", headers=bearer(mint(g, "RS256", "attacker", claims(), {"kid": None}))),
+    ])
+    # An 8 KiB kid never reaches a log line whole.
+    long_kid = "q" * 8192
+    assert_cases(g, [Case("kid 8 KiB", 401, "unknown_key", headers=bearer(mint(g, "RS256", "rsa-1", claims(), {"kid": long_kid})))])
+    time.sleep(0.5)
+    assert "q" * 65 not in g["envoy"].logs()
+
+
+def test_encoded_paths_and_parameters(gate):
+    g = gate
+    t = mint(g, "RS256", "rsa-1", claims())
+    cases = [
+        Case("encoded unreserved letter", 403, "explicit_deny", path="/v1/models/leg%61cy:predict", headers=bearer(t)),
+        Case("encoded colon", 403, "explicit_deny", path="/v1/models/legacy%3Apredict", headers=bearer(t)),
+        Case("encoded allowed model", 200, path="/v1/models/fr%61ud:predict", headers=bearer(t)),
+    ]
+    for path in ["/v1/models/%252f/legacy:predict", "/v1/models/legacy%3bv=1:predict", "/v1/models/legacy%3Fx:predict",
+                 "/v1/models/legacy%23x:predict", "/v1/models/legacy%00:predict", "/v1/models/legacy%0a:predict",
+                 "/v1/models/legacy%ff:predict", "/v1/models/%G1:predict", "/v1/models/legacy:predict%"]:
+        cases.append(Case(f"path {path!r}", 400, "unnormalized_path", path=path, headers=bearer(t)))
+    for path in ["/admin;x=1/y", "/public/..;/admin/x", "/v1/models/legacy;v=1:predict"]:
+        cases.append(Case(f"path parameters {path!r}", 400, "path_parameters", path=path, headers=bearer(t)))
+    assert_cases(g, cases)
+
+
+def test_hosts(gate):
+    g = gate
+    cases = [Case("two ports", 400, "invalid_host", method="GET", path="/internal/x", host="secure.example.com:80:80")]
+    for host in ["secure.example.com:", "secure.example.com:http", "user@secure.example.com", "[::1"]:
+        cases.append(Case(f"host {host!r}", 400, "invalid_host", method="GET", path="/internal/x", host=host))
+    assert_cases(g, cases)
+
+
+def test_several_authorization_headers(gate):
+    g = gate
+    t = mint(g, "RS256", "rsa-1", claims())
+    other = mint(g, "ES256", "ec-1", claims(sub="bob"))
+    assert_cases(g, [
+        Case("two Authorization headers, same token", 401, "malformed_token", headers=bearer(t) + bearer(t)),
+        Case("two Authorization headers, two tokens", 401, "malformed_token", headers=bearer(t) + bearer(other)),
+        Case("valid then junk", 401, "malformed_token", headers=bearer(t) + [("Authorization", "Bearer junk")]),
+    ])
+
