@@ -683,3 +683,26 @@ def test_several_authorization_headers(gate):
         Case("valid then junk", 401, "malformed_token", headers=bearer(t) + [("Authorization", "Bearer junk")]),
     ])
 
+
+
+def test_identity_headers_are_encoded(gate):
+    g = gate
+    token = hs(sub="alice\r\nx-evil: 1\u0000", roles=["ml-scorer", "viewer,ml-admin"])
+    assert_cases(g, [
+        Case("CR LF NUL in sub, comma in a role", 200, headers=bearer(token),
+             upstream={"x-claimgate-subject": "alice%0D%0Ax-evil:%201%00", "x-claimgate-roles": "ml-scorer,viewer%2Cml-admin",
+                       "x-evil": None}),
+    ])
+
+
+def test_non_utf8_header_values(gate):
+    g = gate
+    t = mint(g, "RS256", "rsa-1", claims())
+    assert_cases(g, [
+        Case("obs-text User-Agent, public path", 200, method="GET", path="/public/x", headers=[("user-agent", b"\xa1")]),
+        Case("obs-text User-Agent with a token", 200, headers=[("user-agent", b"caf\xe9")] + bearer(t)),
+        Case("obs-text in a rule header", 403, "no_rule", method="GET", path="/deploy", headers=[("azureml-model-deployment", b"blue\xa1")]),
+        Case("obs-text Authorization", 401, "malformed_token", headers=[("authorization", b"Bearer \xa1\xff.e30.")]),
+        Case("obs-text spoofed identity header", 200, method="GET", path="/public/x", headers=[("x-claimgate-subject", b"r\xf6ot")],
+             upstream={"x-claimgate-subject": None}),
+    ])

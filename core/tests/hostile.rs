@@ -1597,3 +1597,27 @@ fn identity_headers_cannot_be_refused_or_split() {
         );
     }
 }
+
+#[test]
+fn compiler_refuses_unmatchable_rule_headers() {
+    // Rules never see identity-prefix headers (the engine removes them) nor non-ASCII values
+    // (the filter converts non-UTF-8 lossily): a rule naming either could never match as
+    // written, so the compiler refuses it.
+    let compile_err = |rule_headers: &str| {
+        let policy = POLICY.replace(
+            r#"headers = { "azureml-model-deployment" = "blue" }"#,
+            rule_headers,
+        );
+        engine_for(&policy).err()
+    };
+    for headers in [
+        r#"headers = { "x-claimgate-subject" = "root" }"#,
+        r#"headers = { "X-Claimgate-Roles" = "admin" }"#,
+        r#"headers = { "azureml-model-deployment" = "bl\u00fce" }"#,
+        r#"headers = { "azureml-model-deployment" = "\ufffd" }"#,
+    ] {
+        let error = compile_err(headers).unwrap_or_else(|| panic!("compiled: {headers}"));
+        assert!(error.contains("header"), "{headers}: {error}");
+    }
+    assert!(engine_for(POLICY).is_ok());
+}
