@@ -136,17 +136,14 @@ pub fn canonical_host(raw: &str) -> Result<Cow<'_, str>, DenyReason> {
     {
         return Err(DenyReason::InvalidHost);
     }
-    if name.is_empty() && port.is_some() {
-        return Err(DenyReason::InvalidHost);
-    }
     if name.starts_with('[') {
         return Ok(lower(name));
     }
     let name = name.strip_suffix('.').unwrap_or(name);
-    // An empty host matches only rules without hosts; a present one must be labels of
-    // letters, digits, `-` and `_`.
-    if !name.is_empty()
-        && name.split('.').any(|label| {
+    // Labels of letters, digits, `-` and `_`. An empty host is refused too: it would skip
+    // every host-scoped rule (HTTP/1.1 requires a Host; Envoy passes an empty one through).
+    if name.is_empty()
+        || name.split('.').any(|label| {
             label.is_empty()
                 || !label
                     .bytes()
@@ -269,7 +266,6 @@ mod tests {
         assert_eq!(host("[::1]").as_deref(), Ok("[::1]"));
         assert_eq!(host("example.com.").as_deref(), Ok("example.com"));
         assert_eq!(host("10.0.0.1:80").as_deref(), Ok("10.0.0.1"));
-        assert_eq!(host("").as_deref(), Ok(""));
     }
 
     #[test]
@@ -290,6 +286,8 @@ mod tests {
             "[]",
             "[zz]",
             ":80",
+            "",
+            ".",
         ] {
             assert_eq!(host(bad), Err("invalid_host"), "{bad}");
         }

@@ -40,21 +40,66 @@ fn host_matches(patterns: &[HostPattern], host: &str) -> bool {
         })
 }
 
-fn segment_matches(segment: &Segment, text: &str, captures: &mut Captures) -> bool {
+/// How a path pattern compares text. Deny rules compare [`Spelling::Any`]: ASCII case and
+/// one trailing `/` ignored, so a deny rule catches every spelling a lenient upstream
+/// (ASP.NET, Spring MVC < 6, Express) routes to the same handler. Allow rules compare
+/// [`Spelling::Exact`]: a spelling nobody allowed is not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spelling {
+    /// Byte for byte.
+    Exact,
+    /// ASCII case-insensitively, one trailing `/` ignored.
+    Any,
+}
+
+impl Spelling {
+    fn eq(self, a: &str, b: &str) -> bool {
+        match self {
+            Spelling::Exact => a == b,
+            Spelling::Any => a.eq_ignore_ascii_case(b),
+        }
+    }
+
+    fn strip_prefix<'t>(self, text: &'t str, prefix: &str) -> Option<&'t str> {
+        let head = text.get(..prefix.len())?;
+        self.eq(head, prefix).then(|| text.get(prefix.len()..))?
+    }
+
+    fn strip_suffix<'t>(self, text: &'t str, suffix: &str) -> Option<&'t str> {
+        let cut = text.len().checked_sub(suffix.len())?;
+        let tail = text.get(cut..)?;
+        self.eq(tail, suffix).then(|| text.get(..cut))?
+    }
+}
+
+/// `/a/` → `/a`; `/` stays.
+fn without_trailing_slash(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => path,
+    }
+}
+
+fn segment_matches(
+    segment: &Segment,
+    text: &str,
+    spelling: Spelling,
+    captures: &mut Captures,
+) -> bool {
     match segment {
-        Segment::Literal(literal) => literal == text,
+        Segment::Literal(literal) => spelling.eq(literal, text),
         Segment::Capture {
             prefix,
             var,
             suffix,
         } => {
-            let Some(inner) = text
-                .strip_prefix(prefix.as_str())
-                .and_then(|t| t.strip_suffix(suffix.as_str()))
+            let Some(inner) = spelling
+                .strip_prefix(text, prefix)
+                .and_then(|t| spelling.strip_suffix(t, suffix))
             else {
                 return false;
             };
-            if inner.is_empty() || text.len() < prefix.len() + suffix.len() {
+            if inner.is_empty() {
                 return false;
             }
             captures.push((var.clone(), inner.to_owned()));
@@ -64,10 +109,25 @@ fn segment_matches(segment: &Segment, text: &str, captures: &mut Captures) -> bo
 }
 
 /// Matches one path pattern, returning the captures on success.
-pub fn path_matches(pattern: &PathPattern, path: &str) -> Option<Captures> {
+pub fn path_matches(pattern: &PathPattern, path: &str, spelling: Spelling) -> Option<Captures> {
+    let path = match spelling {
+        Spelling::Exact => path,
+        Spelling::Any => without_trailing_slash(path),
+    };
     match pattern {
-        PathPattern::Exact(p) => (p == path).then(Vec::new),
-        PathPattern::Prefix(prefix) => path.starts_with(prefix.as_str()).then(Vec::new),
+        PathPattern::Exact(p) => match spelling {
+            Spelling::Exact => (p == path).then(Vec::new),
+            Spelling::Any => path
+                .eq_ignore_ascii_case(without_trailing_slash(p))
+                .then(Vec::new),
+        },
+        PathPattern::Prefix(prefix) => {
+            let covered = spelling.strip_prefix(path, prefix).is_some()
+                // `/admin/*` also covers `/admin` for a deny rule.
+                || (spelling == Spelling::Any
+                    && path.eq_ignore_ascii_case(without_trailing_slash(prefix)));
+            covered.then(Vec::new)
+        }
         PathPattern::Template {
             segments,
             open_ended,
@@ -76,7 +136,7 @@ pub fn path_matches(pattern: &PathPattern, path: &str) -> Option<Captures> {
             let mut parts = path.strip_prefix('/')?.split('/');
             for segment in segments {
                 let part = parts.next()?;
-                if !segment_matches(segment, part, &mut captures) {
+                if !segment_matches(segment, part, spelling, &mut captures) {
                     return None;
                 }
             }
@@ -144,7 +204,13 @@ pub fn rule_matches(
     if rule.paths.is_empty() {
         return Some(Vec::new());
     }
-    rule.paths.iter().find_map(|p| path_matches(p, path))
+    let spelling = match rule.effect {
+        Effect::Deny => Spelling::Any,
+        Effect::Allow => Spelling::Exact,
+    };
+    rule.paths
+        .iter()
+        .find_map(|p| path_matches(p, path, spelling))
 }
 
 #[cfg(test)]
@@ -173,12 +239,21 @@ mod tests {
             false,
         );
         assert_eq!(
-            path_matches(&kserve_v1, "/v1/models/fraud:predict"),
+            path_matches(&kserve_v1, "/v1/models/fraud:predict", Spelling::Exact),
             Some(vec![("model".into(), "fraud".into())])
         );
-        assert_eq!(path_matches(&kserve_v1, "/v1/models/:predict"), None);
-        assert_eq!(path_matches(&kserve_v1, "/v1/models/fraud:explain"), None);
-        assert_eq!(path_matches(&kserve_v1, "/v1/models/fraud:predict/x"), None);
+        assert_eq!(
+            path_matches(&kserve_v1, "/v1/models/:predict", Spelling::Exact),
+            None
+        );
+        assert_eq!(
+            path_matches(&kserve_v1, "/v1/models/fraud:explain", Spelling::Exact),
+            None
+        );
+        assert_eq!(
+            path_matches(&kserve_v1, "/v1/models/fraud:predict/x", Spelling::Exact),
+            None
+        );
     }
 
     #[test]
@@ -186,12 +261,70 @@ mod tests {
         assert!(
             path_matches(
                 &PathPattern::Prefix("/v2/health/".into()),
-                "/v2/health/ready"
+                "/v2/health/ready",
+                Spelling::Exact
             )
             .is_some()
         );
-        assert!(path_matches(&PathPattern::Prefix("/v2/health/".into()), "/v2/healthz").is_none());
-        assert!(path_matches(&PathPattern::Exact("/score".into()), "/score").is_some());
-        assert!(path_matches(&PathPattern::Exact("/score".into()), "/score/").is_none());
+        assert!(
+            path_matches(
+                &PathPattern::Prefix("/v2/health/".into()),
+                "/v2/healthz",
+                Spelling::Exact
+            )
+            .is_none()
+        );
+        assert!(
+            path_matches(
+                &PathPattern::Exact("/score".into()),
+                "/score",
+                Spelling::Exact
+            )
+            .is_some()
+        );
+        assert!(
+            path_matches(
+                &PathPattern::Exact("/score".into()),
+                "/score/",
+                Spelling::Exact
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn deny_rules_catch_every_spelling_allow_rules_only_their_own() {
+        let exact = PathPattern::Exact("/admin".into());
+        let prefix = PathPattern::Prefix("/admin/".into());
+        let kserve_v1 = template(
+            vec![
+                Segment::Literal("v1".into()),
+                Segment::Literal("models".into()),
+                Segment::Capture {
+                    prefix: String::new(),
+                    var: "model".into(),
+                    suffix: ":predict".into(),
+                },
+            ],
+            false,
+        );
+        for path in ["/admin", "/admin/", "/Admin", "/ADMIN/"] {
+            assert!(
+                path_matches(&exact, path, Spelling::Any).is_some(),
+                "{path}"
+            );
+        }
+        for path in ["/admin", "/admin/", "/Admin/x", "/ADMIN"] {
+            assert!(
+                path_matches(&prefix, path, Spelling::Any).is_some(),
+                "{path}"
+            );
+        }
+        assert!(path_matches(&prefix, "/administrator", Spelling::Any).is_none());
+        assert!(path_matches(&kserve_v1, "/V1/Models/legacy:PREDICT/", Spelling::Any).is_some());
+        assert!(path_matches(&exact, "/Admin", Spelling::Exact).is_none());
+        assert!(path_matches(&exact, "/admin/", Spelling::Exact).is_none());
+        assert!(path_matches(&prefix, "/admin", Spelling::Exact).is_none());
+        assert!(path_matches(&kserve_v1, "/v1/models/x:predict/", Spelling::Exact).is_none());
     }
 }

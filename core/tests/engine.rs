@@ -965,3 +965,109 @@ fn upstream_identity_values_cannot_be_refused_or_misread() {
     let d = decide(&f, "POST", AML, "/score", &[], Some(&t));
     assert!(f.engine.upstream_headers(&d).is_empty());
 }
+
+/// Review finding: a deny rule must catch the spellings a lenient upstream routes to the same
+/// handler (case, trailing slash, the bare directory of `/dir/*`); allow rules stay exact.
+#[test]
+fn deny_rules_catch_case_and_trailing_slash_variants() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"admin-closed\"\npaths = [\"/admin\", \"/ops/*\"]\ndeny = \"anyone\"\n\n[[rules]]\nname = \"open\"\npaths = [\"/*\"]\nallow = \"anyone\"\n",
+    );
+    for path in [
+        "/admin",
+        "/admin/",
+        "/Admin",
+        "/ADMIN/",
+        "/ops",
+        "/OPS/x",
+        "/v1/models/Legacy:Predict/",
+    ] {
+        let d = decide(&f, "GET", "h", path, &[], None);
+        assert_eq!(code(&d), "explicit_deny", "{path}");
+    }
+    let t = sign(&f.kc, json!({}));
+    // `fraud-blue` allows `/score` only as written.
+    assert!(decide(&f, "POST", AML, "/score", BLUE, Some(&t)).allowed);
+    let d = decide(&f, "POST", AML, "/SCORE", BLUE, Some(&t));
+    assert_eq!(d.rule.as_deref(), Some("open"));
+}
+
+/// Review finding: an empty Host skipped every host-scoped deny rule.
+#[test]
+fn an_empty_host_is_refused() {
+    let f = fixture();
+    let d = decide(&f, "GET", "", "/v2/health/ready", &[], None);
+    assert_eq!((code(&d), status(&d)), ("invalid_host", 400));
+}
+
+/// Review finding: a deny rule that its scopes already rule out is decided even when the
+/// token's groups overflowed; Entra's `hasgroups: true` is an overage too.
+#[test]
+fn overage_only_makes_undecided_deny_rules_apply() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"writers-blocked\"\npaths = [\"/entra\"]\ndeny = { roles_any = [\"blocked-group\"], scopes_any = [\"write\"] }\n",
+    );
+    let overage = |scp: &str| {
+        sign(
+            &f.entra,
+            json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null, "scp": scp,
+            "_claim_names": {"groups": "src1"}}),
+        )
+    };
+    assert!(decide(&f, "GET", "h", "/entra", &[], Some(&overage("read"))).allowed);
+    let d = decide(&f, "GET", "h", "/entra", &[], Some(&overage("write")));
+    assert_eq!(code(&d), "groups_overage");
+    let implicit = sign(
+        &f.entra,
+        json!({"iss": ENTRA, "aud": "https://ml.azure.com", "realm_access": null, "scp": "write", "hasgroups": true}),
+    );
+    let d = decide(&f, "GET", "h", "/entra", &[], Some(&implicit));
+    assert_eq!(code(&d), "groups_overage");
+}
+
+/// Review finding: Envoy drops an empty header value, so an extra empty `Authorization` is
+/// not a second token (explain agreed with Envoy only on the non-empty one).
+#[test]
+fn an_empty_token_header_is_not_a_second_token() {
+    let f = fixture();
+    let good = format!("Bearer {}", sign(&f.kc, json!({})));
+    let headers = [
+        ("azureml-model-deployment", "blue"),
+        ("authorization", ""),
+        ("authorization", good.as_str()),
+    ];
+    assert!(decide(&f, "POST", AML, "/score", &headers, None).allowed);
+}
+
+/// Review finding: in audit mode a denied request passes, but must not reach the upstream
+/// labelled as allowed by a rule.
+#[test]
+fn audit_mode_sends_no_identity_for_a_denied_request() {
+    let policy = POLICY.replace("version = 1", "version = 1\nmode = \"audit\"");
+    let kc = ES256KeyPair::generate().with_key_id("kc-1");
+    let entra = ES256KeyPair::generate().with_key_id("entra-1");
+    let files: HashMap<&str, String> = HashMap::from([
+        ("kc.json", jwks(&[(&kc, "kc-1")])),
+        ("entra.json", jwks(&[(&entra, "entra-1")])),
+    ]);
+    let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
+    let compiled = compile(&policy, "policy.toml", &reader).unwrap();
+    let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
+    let engine = blob::engine_from_plugin_config(&config).unwrap();
+    let token = kc
+        .sign(claims(json!({"realm_access": {"roles": ["viewer"]}})))
+        .unwrap();
+    let headers = vec![
+        ("azureml-model-deployment".to_owned(), "blue".to_owned()),
+        ("authorization".to_owned(), format!("Bearer {token}")),
+    ];
+    let request = Request {
+        method: "POST",
+        host: AML,
+        path: "/score",
+        headers: &headers,
+    };
+    let d = engine.decide(&request, NOW, &RemoteKeys::default(), None);
+    assert!(d.passes() && !d.allowed);
+    assert!(engine.upstream_headers(&d).is_empty());
+}

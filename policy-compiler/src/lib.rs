@@ -343,6 +343,26 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
     Ok(remote)
 }
 
+/// Token-derived text for a terminal: control characters (line breaks, ANSI escapes) are
+/// shown escaped, so a claim cannot fake a line such as `decision: ALLOW`.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(
+            text.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Renders a decision for people.
 pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     use std::fmt::Write as _;
@@ -361,7 +381,7 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     }
     let _ = writeln!(out);
     if let Some(reason) = &decision.reason {
-        let _ = writeln!(out, "reason:   {reason}");
+        let _ = writeln!(out, "reason:   {}", terminal_safe(&reason.to_string()));
         if let Some(header) = reason.response().www_authenticate {
             let _ = writeln!(out, "header:   WWW-Authenticate: {header}");
         }
@@ -376,8 +396,8 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
             out,
             "identity: issuer={} subject={} client={} roles={:?} scopes={:?}",
             id.issuer,
-            id.subject,
-            id.client.as_deref().unwrap_or("-"),
+            terminal_safe(&id.subject),
+            terminal_safe(id.client.as_deref().unwrap_or("-")),
             id.roles,
             id.scopes
         );
@@ -411,7 +431,12 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     let _ = writeln!(out, "checks:");
     for check in &decision.checks {
         let mark = if check.passed { "ok  " } else { "FAIL" };
-        let _ = writeln!(out, "  {mark} {:<11} {}", check.check, check.detail);
+        let _ = writeln!(
+            out,
+            "  {mark} {:<11} {}",
+            check.check,
+            terminal_safe(&check.detail)
+        );
     }
     out
 }
@@ -497,5 +522,22 @@ where
             output::errln(&format!("claimgate: {error}"));
             error.exit().into()
         }
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn token_text_cannot_fake_output_lines() {
+        assert_eq!(
+            terminal_safe("alice\ndecision: ALLOW\u{1b}[2K"),
+            "alice\\ndecision: ALLOW\\u{1b}[2K"
+        );
+        assert!(matches!(
+            terminal_safe("alice"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

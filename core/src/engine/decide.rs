@@ -288,9 +288,13 @@ impl Engine {
     }
 
     fn candidates(&self, path: &str) -> &[u32] {
-        self.index
-            .get(matcher::first_segment(path))
-            .unwrap_or(&self.unindexed)
+        let segment = matcher::first_segment(path);
+        let key: Cow<'_, str> = if segment.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(segment.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(segment)
+        };
+        self.index.get(key.as_ref()).unwrap_or(&self.unindexed)
     }
 
     /// Decides, authenticating through `authenticate` (which may use a cache).
@@ -409,9 +413,11 @@ impl Engine {
 
     /// The identity headers the filter sets on a request that passes with a verified caller,
     /// values encoded so that no proxy refuses them and no reader splits them (see
-    /// [`crate::upstream`]). Empty when the request does not pass or carries no identity.
+    /// [`crate::upstream`]). Empty unless the request is allowed with a verified caller.
     pub fn upstream_headers<'d>(&'d self, decision: &'d Decision) -> Vec<(&'d str, Cow<'d, str>)> {
-        let Some(identity) = decision.identity.as_deref().filter(|_| decision.passes()) else {
+        // Only an allowed request: in audit mode a denied request passes too, and the
+        // upstream must not read "allowed by rule X" into it.
+        let Some(identity) = decision.identity.as_deref().filter(|_| decision.allowed) else {
             return Vec::new();
         };
         let names = &self.header_names;
@@ -509,6 +515,24 @@ impl Engine {
         {
             return Err(DenyReason::SubjectNotAllowed { rule: rule() });
         }
+        // Scopes first: a requirement they already rule out is decided, whatever the
+        // groups a token overflowed would have said.
+        if !requirement.scopes_any.is_empty()
+            && !requirement.scopes_any.iter().any(|s| identity.has_scope(s))
+        {
+            return Err(DenyReason::MissingScope {
+                rule: rule(),
+                required: requirement.scopes_any.clone(),
+                all: false,
+            });
+        }
+        if !requirement.scopes_all.iter().all(|s| identity.has_scope(s)) {
+            return Err(DenyReason::MissingScope {
+                rule: rule(),
+                required: requirement.scopes_all.clone(),
+                all: true,
+            });
+        }
         let captures = &matched.captures;
         let roles_ok = (requirement.roles_any.is_empty()
             || requirement
@@ -540,22 +564,6 @@ impl Engine {
                     .map(|r| self.role_label(r, captures))
                     .collect(),
                 all,
-            });
-        }
-        if !requirement.scopes_any.is_empty()
-            && !requirement.scopes_any.iter().any(|s| identity.has_scope(s))
-        {
-            return Err(DenyReason::MissingScope {
-                rule: rule(),
-                required: requirement.scopes_any.clone(),
-                all: false,
-            });
-        }
-        if !requirement.scopes_all.iter().all(|s| identity.has_scope(s)) {
-            return Err(DenyReason::MissingScope {
-                rule: rule(),
-                required: requirement.scopes_all.clone(),
-                all: true,
             });
         }
         Ok(())

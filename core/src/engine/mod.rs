@@ -214,17 +214,19 @@ impl Engine {
             .map(|(i, role)| (role.clone(), i as u32))
             .collect();
         let unindexed = policy.path_index.any.clone();
-        let index = policy
-            .path_index
-            .by_first_segment
-            .iter()
-            .map(|(segment, ids)| {
-                let mut merged: Vec<u32> = ids.iter().chain(&unindexed).copied().collect();
-                merged.sort_unstable();
-                merged.dedup();
-                (segment.clone(), merged)
-            })
-            .collect();
+        // Keyed by the lower-cased segment: deny rules match every spelling of their paths
+        // (see `matcher::Spelling`), so `/Admin` must find the rules of `/admin`.
+        let mut index: HashMap<String, Vec<u32>> = HashMap::new();
+        for (segment, ids) in &policy.path_index.by_first_segment {
+            index
+                .entry(segment.to_ascii_lowercase())
+                .or_insert_with(|| unindexed.clone())
+                .extend(ids);
+        }
+        for ids in index.values_mut() {
+            ids.sort_unstable();
+            ids.dedup();
+        }
         let mut revoked_subjects: HashMap<usize, HashSet<String>> = HashMap::new();
         for scoped in &policy.revoked.subjects {
             revoked_subjects
@@ -277,7 +279,8 @@ impl Engine {
     /// (Envoy joins repeated headers with `,`; taking the first would differ from Envoy).
     pub fn bearer_token<'r>(&self, request: &Request<'r>) -> Result<Option<&'r str>, DenyReason> {
         for name in &self.policy.token.headers {
-            let mut values = request.values(name);
+            // Envoy drops empty header values; so does the engine, for `explain` to agree.
+            let mut values = request.values(name).filter(|v| !v.trim().is_empty());
             let Some(value) = values.next() else {
                 continue;
             };
@@ -415,16 +418,20 @@ impl Engine {
                 *word |= 1u64 << (id % 64);
             }
         }
+        // Entra replaces a `groups` claim past its limit with `_claim_names.groups` (access
+        // and ID tokens) or with `hasgroups: true` (implicit-flow tokens).
+        let overflowed = |name: &str| {
+            claims
+                .get("_claim_names")
+                .and_then(|names| names.as_object())
+                .is_some_and(|names| names.contains_key(name))
+                || (name == "groups"
+                    && claims.get("hasgroups") == Some(&serde_json::Value::Bool(true)))
+        };
         let overage = issuer
             .role_claims
             .iter()
-            .find(|path| {
-                path.lookup(claims).is_none()
-                    && claims
-                        .get("_claim_names")
-                        .and_then(|names| names.as_object())
-                        .is_some_and(|names| names.contains_key(path.first()))
-            })
+            .find(|path| path.lookup(claims).is_none() && overflowed(path.first()))
             .map(|path| path.first().to_owned());
         let text =
             |value: Option<&serde_json::Value>| value.and_then(|v| v.as_str()).map(str::to_owned);
