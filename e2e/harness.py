@@ -288,3 +288,44 @@ def envoy_binaries():
 
 def scratch():
     return tempfile.mkdtemp(prefix="claimgate-e2e-")
+
+
+# --- Filter fault tests (e2e/test_filter_faults.py) ---
+
+TRAP_WASM = TARGET / "test-trap" / "wasm32-wasip1" / "release" / "claimgate_filter.wasm"
+
+
+def wasm_filter_with(plugin_config_json, failure_policy=None, wasm=None):
+    """`wasm_filter` with Envoy's `failure_policy` (FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD) and
+    another module (e.g. the test-only trap build)."""
+    filt = wasm_filter(plugin_config_json)
+    config = filt["typed_config"]["config"]
+    if failure_policy is not None:
+        del config["fail_open"]
+        config["failure_policy"] = failure_policy
+    if wasm is not None:
+        config["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    return filt
+
+
+def envoy_config_with(plugin_config_json, listen_port, admin_port, upstream_port, jwks_port, failure_policy=None, wasm=None):
+    """`envoy_config` with the filter from `wasm_filter_with`."""
+    config = envoy_config(plugin_config_json, listen_port, admin_port, upstream_port, jwks_port)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"][0] = wasm_filter_with(plugin_config_json, failure_policy, wasm)
+    return config
+
+
+def raw_request(port, head, timeout=10):
+    """Sends raw HTTP/1.1 request bytes (any header bytes, e.g. obs-text) and returns the
+    status code (None when the connection closes without an answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    parts = data.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
