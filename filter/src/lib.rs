@@ -53,6 +53,13 @@ struct Root {
 }
 
 impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        if let Some(shared) = &self.shared {
+            root::done(&WasmHost, shared);
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
             root::on_answer(&WasmHost, shared, token, body_size);

@@ -156,6 +156,22 @@ pub fn release_held(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64, expi
     let _ = host.set_effective_context(root);
 }
 
+/// The root context is going away (a new policy replaced it): nothing will release its held
+/// requests any more, so they are decided now with the keys at hand.
+pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
+    let held = shared.borrow_mut().held.take_all();
+    for Held { context_id, .. } in held {
+        if host.set_effective_context(context_id).is_err() {
+            continue;
+        }
+        // `since` far enough in the past that the request is not held again.
+        let since_ms = now_ms.saturating_sub(HOLD_MAX_MS);
+        if decide_and_apply(host, shared, context_id, now_ms, since_ms) == Verdict::Continue {
+            let _ = host.resume_request();
+        }
+    }
+}
+
 /// A request's stream ended: it is no longer held.
 pub fn forget(shared: &RefCell<Shared>, context_id: u32) {
     shared.borrow_mut().held.forget(context_id);
@@ -204,6 +220,12 @@ fn decide(
     let mut authenticate = |raw: &str, _: &mut claimgate_core::token::Trace<'_>| {
         let mut guard = shared.borrow_mut();
         let s = &mut *guard;
+        if raw.len() > claimgate_core::token::MAX_TOKEN_LEN {
+            // Refused by its length before any parsing: not worth hashing into a cache.
+            return engine
+                .authenticate(raw, now, &s.remote, &mut None)
+                .map(Rc::new);
+        }
         let key = s.cache.key(raw);
         match s.cache.lookup(key, raw, now) {
             Lookup::Verified(identity) => {

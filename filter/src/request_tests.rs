@@ -592,3 +592,86 @@ fn bad_key_set_answers_keep_the_last_good_keys_with_one_warning() {
     assert!(warnings[0].1.contains("60 keys skipped"), "{lines:?}");
     assert!(warnings[0].1.len() < 1_200, "{lines:?}");
 }
+
+#[test]
+fn held_requests_are_answered_when_the_root_goes_away() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    host.enter(ROOT);
+    root::done(&host, &shared);
+    assert_eq!(error_of(&host, 2), (503, "keys_unavailable".to_owned()));
+    assert_eq!(shared.borrow().held.len(), 0);
+}
+
+#[test]
+fn oversized_tokens_are_refused_without_touching_the_caches() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let huge = format!("{}.{}.{}", "a".repeat(20 * 1024), "b", "c");
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&huge))),
+        Verdict::Replied
+    );
+    assert_eq!(error_of(&host, 2), (401, "malformed_token".to_owned()));
+    assert_eq!(shared.borrow().cache.len(), (0, 0));
+}
+
+#[test]
+fn an_audit_rule_that_would_deny_is_logged_and_counted_never_enforced() {
+    capture_logs();
+    let key = Key::new("k1");
+    let policy = format!(
+        "{POLICY}\n[[rules]]\nname = \"trial\"\npaths = [\"/score\"]\naudit = true\ndeny = \"anyone\"\n"
+    );
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, &policy);
+    let first = host.callouts()[0].token;
+    deliver(&host, &shared, first, Some("200"), &testing::jwks(&[&key]));
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Continue
+    );
+    assert_eq!(
+        run(&host, &shared, 3, &testing::request("/score", None)),
+        Verdict::Replied
+    );
+    assert_eq!(error_of(&host, 3), (401, "no_token".to_owned()));
+    assert_eq!(host.metric("claimgate.audit_would_deny"), Some(1));
+    let audit: Vec<Value> = logged()
+        .iter()
+        .filter_map(|(_, line)| line.strip_prefix("claimgate.audit "))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["shadow"]["decision"], "deny");
+    assert_eq!(audit[0]["shadow"]["rule"], "trial");
+}
+
+#[test]
+fn configuration_fails_closed() {
+    let host = MockHost::new(NOW_MS);
+    assert!(root::configure(&host, ROOT).is_err(), "no pluginConfig");
+    host.state.borrow_mut().config = Some(b"{\"policy\":\"not a blob\"}".to_vec());
+    assert!(root::configure(&host, ROOT).is_err());
+    let host = MockHost::new(NOW_MS).failing("set_tick_period_ms");
+    host.state.borrow_mut().config = Some(testing::plugin_config(POLICY));
+    assert!(
+        root::configure(&host, ROOT).is_err(),
+        "no tick: no refresh, no hold expiry"
+    );
+    // A clock that fails at start: configured, the first fetch waits for the tick.
+    let host = MockHost::new(NOW_MS);
+    host.set_now(None);
+    let shared = testing::configured(&host, POLICY);
+    assert!(host.callouts().is_empty());
+    host.set_now(Some(NOW_MS));
+    root::tick(&host, &shared);
+    assert_eq!(host.callouts().len(), 1);
+}

@@ -69,6 +69,12 @@ pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
     }
 }
 
+/// The root context is done (its policy was replaced or removed).
+pub fn done(host: &dyn Host, shared: &RefCell<Shared>) {
+    let now_ms = clock(host).unwrap_or_else(|| shared.borrow().last_clock_ms);
+    request::release_all_now(host, shared, now_ms);
+}
+
 /// A callout answered (delivered to the root).
 pub fn on_answer(host: &dyn Host, shared: &RefCell<Shared>, token: u32, body_size: usize) {
     let now_ms = clock(host).unwrap_or_else(|| shared.borrow().last_clock_ms);
