@@ -27,7 +27,7 @@ use crate::source::{PolicySource, TokenSource};
 use diagnostics::Context;
 pub use diagnostics::{Diagnostic, Severity};
 pub use durations::parse_duration;
-pub use rules::parse_path;
+pub use rules::{PathError, parse_path};
 
 /// A successful compilation.
 #[derive(Debug, Clone)]
@@ -164,6 +164,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
     }
     lints::unused_issuers(&mut cx, &source.issuers, &rules.rules);
     lints::shadowed_rules(&mut cx, &rules.rules, &rules.spans);
+    lints::unscoped_roles(&mut cx, source.issuers.len(), &rules.rules, &rules.spans);
     let path_index = index::build_index(&rules.rules);
     let name = source.name.clone().unwrap_or_else(|| {
         std::path::Path::new(file)

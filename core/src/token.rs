@@ -76,6 +76,17 @@ pub fn token_type_key(typ: &str) -> String {
     }
 }
 
+/// Whether a `typ` value names a JWT (RFC 7519 §5.1, RFC 8725 §3.11): `JWT` or an explicit
+/// `…+jwt` type such as `at+jwt`, compared as [`token_type_key`] compares, so
+/// `application/jwt` and `application/at+jwt` (RFC 7515 §4.1.9) are JWT types too.
+pub fn is_jwt_type(typ: &str) -> bool {
+    let key = token_type_key(typ);
+    key == "jwt"
+        || key
+            .strip_suffix("+jwt")
+            .is_some_and(|media| !media.is_empty())
+}
+
 fn malformed(detail: impl Into<String>) -> DenyReason {
     DenyReason::Malformed(Malformed::Refused {
         detail: detail.into(),
@@ -162,10 +173,9 @@ fn check_header(header: &Map<String, Value>) -> Result<(), DenyReason> {
         Some(_) => return Err(wrong_type("x5c", "an array of strings")),
     }
     if let Some(typ) = header.get("typ").and_then(Value::as_str) {
-        // RFC 7519 §5.1 / RFC 8725 §3.11: `JWT` or an explicit `…+jwt` type; anything else is
-        // not a JWT (the verifier refuses it too, with a less precise reason).
-        let upper = typ.to_ascii_uppercase();
-        if upper != "JWT" && !upper.ends_with("+JWT") {
+        // Anything but a JWT type is not a JWT; the verifier is then told to accept the `typ`
+        // checked here (it does not know the `application/` prefix).
+        if !is_jwt_type(typ) {
             return Err(malformed(format!(
                 "token header `typ` is `{}`, not a JWT type",
                 printable(typ, EXCERPT_CHARS)
@@ -320,6 +330,10 @@ pub(crate) fn verify_with_issuer(
         accept_future: true,
         max_token_length: Some(MAX_TOKEN_LEN),
         max_header_length: Some(MAX_TOKEN_LEN),
+        // `decode` accepted this `typ` (`is_jwt_type`, which knows the `application/` prefix
+        // of RFC 7515 §4.1.9) and `check_token_type` matched it against the issuer's list;
+        // requiring the token's own `typ` stops the library refusing `application/jwt`.
+        required_signature_type: token.typ.clone(),
         ..VerificationOptions::default()
     };
     let mut signature_ok = false;
@@ -642,6 +656,8 @@ mod tests {
             r#"{"alg":"RS256","crit":null}"#,
             r#"{"alg":"RS256","jwk":{"kty":"oct","k":"AAAA"}}"#,
             r#"{"alg":"RS256","typ":"JOSE"}"#,
+            r#"{"alg":"RS256","typ":"application/json"}"#,
+            r#"{"alg":"RS256","typ":"+jwt"}"#,
             r#"{"alg":"RS256","alg":"none"}"#,
         ] {
             let detail = malformed_detail(decode(&token(header, "{}")).unwrap_err());
@@ -665,6 +681,7 @@ mod tests {
             r#"{"alg":"RS256","typ":"at+JWT","jku":"https://evil/jwks","x5u":"https://evil/c","x5c":["MII"]}"#,
             r#"{"alg":"RS256","typ":"application/at+jwt"}"#,
             r#"{"alg":"RS256","typ":"jwt"}"#,
+            r#"{"alg":"RS256","typ":"application/JWT"}"#,
         ] {
             assert!(decode(&token(header, "{}")).is_ok(), "{header}");
         }

@@ -123,3 +123,101 @@ fn every_error_has_a_place_and_a_hint() {
         );
     }
 }
+
+// Attacker review of the new compiler: rules that `check` accepted but that could never do
+// what they say in Envoy, and lints that misread audit rules.
+
+fn warnings(text: &str) -> Vec<(&'static str, usize)> {
+    diagnostics(text)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .map(|d| (d.kind, d.line))
+        .collect()
+}
+
+fn hint_of(text: &str, kind: &str) -> String {
+    diagnostics(text)
+        .into_iter()
+        .find(|d| d.kind == kind)
+        .and_then(|d| d.hint)
+        .unwrap_or_default()
+}
+
+/// Envoy carries the Host only as `:authority`: a rule on the `host` header matched in
+/// `explain` and never in Envoy.
+#[test]
+fn rules_on_the_host_header_are_errors_pointing_at_hosts() {
+    let text = "version = 1\n[[rules]]\nname = \"admin-host\"\npaths = [\"/admin/*\"]\nheaders = { \"Host\" = \"admin.example.com\" }\ndeny = \"anyone\"\n[[rules]]\nname = \"lower\"\npaths = [\"/p\"]\nheaders = { host = \"a\", \":authority\" = \"a\" }\nallow = \"anyone\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            ("host_header_rule", 5),
+            ("pseudo_header_rule", 10),
+            ("host_header_rule", 10)
+        ]
+    );
+    assert!(hint_of(text, "host_header_rule").contains("hosts"));
+}
+
+/// A host pattern that no request host can equal made a deny rule silently do nothing:
+/// Envoy passes international names as punycode, and a host with a space is refused (400).
+#[test]
+fn host_patterns_no_request_can_carry_are_errors() {
+    let text = "version = 1\n[[rules]]\nname = \"admin\"\nhosts = [\"bücher.example\", \"admin .example.com\", \"user@a.com\", \"a..com\", \"*.bücher.example\", \"[::1]:80\"]\npaths = [\"/admin/*\"]\ndeny = \"anyone\"\n";
+    assert_eq!(
+        errors(text),
+        [("bad_host", 4); 6],
+        "{:#?}",
+        diagnostics(text)
+    );
+    assert!(hint_of(text, "bad_host").contains("punycode"));
+    // Case and one trailing dot are normalised as they are from requests.
+    let ok = "version = 1\n[[rules]]\nname = \"admin\"\nhosts = [\"Admin.Example.COM.\", \"*.XN--bcher-kva.example\", \"[::1]\", \"10.0.0.1\"]\npaths = [\"/admin/*\"]\ndeny = \"anyone\"\n";
+    assert_eq!(diagnostics(ok), []);
+}
+
+const TWO_ISSUERS: &str = "version = 1\n[issuers.a]\nissuer = \"https://a\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n[issuers.b]\nissuer = \"https://b\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n";
+
+/// Any issuer's administrator can mint a role or scope name: in a policy with several
+/// issuers, an allow rule on roles or scopes should say whose.
+#[test]
+fn roles_and_scopes_without_issuers_are_warned_about_with_several_issuers() {
+    let text = format!(
+        "{TWO_ISSUERS}[[rules]]\nname = \"admins\"\npaths = [\"/admin/*\"]\nallow = {{ roles_any = [\"admin\"] }}\n[[rules]]\nname = \"scorers\"\npaths = [\"/score\"]\nallow = {{ scopes_all = [\"score\"] }}\n[[rules]]\nname = \"scoped\"\npaths = [\"/v2/*\"]\nallow = {{ issuers = [\"a\", \"b\"], roles_any = [\"v2\"] }}\n[[rules]]\nname = \"blocked\"\npaths = [\"/v3/*\"]\ndeny = {{ roles_any = [\"intern\"] }}\n"
+    );
+    assert_eq!(
+        warnings(&text),
+        [("unscoped_roles", 13), ("unscoped_roles", 17)]
+    );
+    assert!(hint_of(&text, "unscoped_roles").contains("issuers = ["));
+    // With one issuer there is nobody else to mint the name.
+    let one = "version = 1\n[issuers.a]\nissuer = \"https://a\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n[[rules]]\nname = \"admins\"\npaths = [\"/admin/*\"]\nallow = { roles_any = [\"admin\"] }\n";
+    assert_eq!(warnings(one), []);
+}
+
+/// Audit rules never change the enforced decision: an audit deny rule shadows nothing, and
+/// an audit rule decided first by an enforcing rule is a trial, not a mistake. Both were
+/// warned about, so `check --deny-warnings` refused such policies.
+#[test]
+fn audit_rules_neither_shadow_nor_are_shadowed() {
+    let text = "version = 1\n[[rules]]\nname = \"trial-lockdown\"\npaths = [\"/*\"]\ndeny = \"anyone\"\naudit = true\n[[rules]]\nname = \"health\"\npaths = [\"/health\"]\nallow = \"anyone\"\n[[rules]]\nname = \"closed\"\npaths = [\"/admin/*\"]\ndeny = \"anyone\"\n[[rules]]\nname = \"trial-admin-deny\"\npaths = [\"/admin/users\"]\ndeny = \"anyone\"\naudit = true\n";
+    assert_eq!(diagnostics(text), []);
+    // Made enforcing, the lockdown shadows the enforcing rules, not the audit one.
+    let enforced = text.replacen("audit = true\n", "", 1);
+    assert_eq!(
+        warnings(&enforced),
+        [("shadowed_rule", 7), ("shadowed_rule", 11)]
+    );
+}
+
+/// Rules are matched on the decoded path: `%` (and `;`, whose requests are refused or
+/// stripped) can never match, and the error says how to write the path.
+#[test]
+fn encoded_paths_in_rules_are_errors_saying_to_write_them_decoded() {
+    let text = "version = 1\n[[rules]]\nname = \"r\"\npaths = [\"/models/my%20model\"]\ndeny = \"anyone\"\n";
+    assert_eq!(errors(text), [("bad_path", 4)]);
+    assert!(hint_of(text, "bad_path").contains("decoded"));
+    let text = "version = 1\n[[rules]]\nname = \"r\"\npaths = [\"/admin;jsessionid/*\"]\ndeny = \"anyone\"\n";
+    assert_eq!(errors(text), [("bad_path", 4)]);
+    assert!(hint_of(text, "bad_path").contains("parameters"));
+}

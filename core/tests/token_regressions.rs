@@ -465,6 +465,36 @@ fn token_types_tell_access_tokens_from_id_tokens() {
     assert_eq!(refused[0].kind, "bad_token_type");
 }
 
+/// RFC 7515 §4.1.9 allows the `application/` prefix on `typ`: `application/jwt` was refused
+/// as malformed (by the header check, then by the verifier) although `token_types` accepts
+/// it and `application/at+jwt` passed.
+#[test]
+fn application_prefixed_jwt_types_are_not_malformed() {
+    let keys = setup();
+    let payload = format!(r#"{{"iss":"{HS_ISS}","sub":"alice","exp":{}}}"#, NOW + 60);
+    for typ in [
+        "application/jwt",
+        "Application/JWT",
+        "application/at+jwt",
+        "JWT",
+    ] {
+        let header = json!({ "alg": "HS256", "typ": typ }).to_string();
+        assert_eq!(
+            code(authenticate(&keys, &hs256(&header, &payload))),
+            "ok",
+            "{typ}"
+        );
+    }
+    for typ in ["application/json", "+jwt", "application/+jwt", "JOSE"] {
+        let header = json!({ "alg": "HS256", "typ": typ }).to_string();
+        assert_eq!(
+            code(authenticate(&keys, &hs256(&header, &payload))),
+            "malformed_token",
+            "{typ}"
+        );
+    }
+}
+
 /// Defect 9's class: token text copied into a reason reaches every audit line. An unknown
 /// `iss` or an odd `alg` is copied bounded and printable (no line breaks, no escapes).
 #[test]

@@ -16,7 +16,7 @@ use crate::algorithm::Algorithm;
 use crate::claims::ClaimPath;
 use crate::compiled::{AudienceMatch, CompiledIssuer};
 use crate::source::IssuerSource;
-use crate::token::token_type_key;
+use crate::token::{is_jwt_type, token_type_key};
 
 /// Largest clock skew accepted, seconds.
 const MAX_CLOCK_SKEW_SECS: u64 = 600;
@@ -270,7 +270,7 @@ fn token_types(cx: &mut Context<'_>, source: &IssuerSource) -> Vec<String> {
     for typ in &source.token_types {
         let key = token_type_key(typ.get_ref());
         let printable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
-        if !printable || (key != "jwt" && !key.ends_with("+jwt")) {
+        if !printable || !is_jwt_type(typ.get_ref()) {
             cx.error(
                 "bad_token_type",
                 &typ.span(),

@@ -1,5 +1,6 @@
 //! Warnings about policies that compile but probably do not mean what they say: an issuer
-//! no rule can use, a rule another rule always decides first.
+//! no rule can use, a rule another rule always decides first, roles or scopes any issuer
+//! can grant.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -36,12 +37,57 @@ pub(super) fn unused_issuers(
     }
 }
 
+/// Warns about allow rules that ask for roles or scopes without naming issuers in a policy
+/// with several: role and scope names are chosen by each issuer's administrators, so any
+/// issuer can mint a token that holds them (as with subjects, which are scoped by issuer).
+/// Deny rules are left alone: matching more callers only denies more.
+pub(super) fn unscoped_roles(
+    cx: &mut Context<'_>,
+    issuer_count: usize,
+    rules: &[CompiledRule],
+    spans: &[Range<usize>],
+) {
+    if issuer_count < 2 {
+        return;
+    }
+    for (rule, span) in rules.iter().zip(spans) {
+        let Principal::Authenticated(req) = &rule.principal else {
+            continue;
+        };
+        let names_roles = !req.roles_any.is_empty() || !req.roles_all.is_empty();
+        let names_scopes = !req.scopes_any.is_empty() || !req.scopes_all.is_empty();
+        if rule.effect != Effect::Allow || !req.issuers.is_empty() || !(names_roles || names_scopes)
+        {
+            continue;
+        }
+        let what = match (names_roles, names_scopes) {
+            (true, true) => "roles and scopes",
+            (true, false) => "roles",
+            _ => "scopes",
+        };
+        cx.warn(
+            "unscoped_roles",
+            span,
+            format!(
+                "rule `{}` asks for {what} from any of the policy's {issuer_count} issuers: an administrator of any of them can grant these names",
+                rule.name
+            ),
+            "add `issuers = [...]` to the rule's `allow`, naming the issuers whose roles and scopes it trusts",
+        );
+    }
+}
+
 /// Warns about rules that can never decide: every request they match is decided by an
-/// unconditional rule first.
+/// unconditional rule first. Audit rules take no part: they never change the enforced
+/// decision (so they shadow nothing), and an audit rule that an enforcing rule decides first
+/// is still a trial worth keeping (its shadow decision is logged).
 pub(super) fn shadowed_rules(cx: &mut Context<'_>, rules: &[CompiledRule], spans: &[Range<usize>]) {
     for (b_index, b) in rules.iter().enumerate() {
+        if b.audit {
+            continue;
+        }
         for (a_index, a) in rules.iter().enumerate() {
-            if a_index == b_index || a.principal != Principal::Anyone {
+            if a_index == b_index || a.audit || a.principal != Principal::Anyone {
                 continue;
             }
             let shadows = match (a.effect, b.effect) {
@@ -163,5 +209,14 @@ allow = { issuers = ["a"] }
         assert!(warnings[0].message.contains("`b`"));
         assert!(warnings[1].message.contains("`admin-users`"));
         assert_eq!(warnings[1].line, 17);
+    }
+
+    #[test]
+    fn audit_rules_take_no_part_in_shadowing() {
+        let text = "version = 1\n[[rules]]\nname = \"trial\"\npaths = [\"/*\"]\ndeny = \"anyone\"\naudit = true\n[[rules]]\nname = \"open\"\npaths = [\"/a/*\"]\nallow = \"anyone\"\n[[rules]]\nname = \"trial-b\"\npaths = [\"/a/b\"]\ndeny = \"anyone\"\naudit = true\n";
+        assert!(compiled(text).warnings.is_empty());
+        let enforced = text.replace("audit = true\n", "");
+        let warnings = compiled(&enforced).warnings;
+        assert_eq!(kinds_of(&warnings), ["shadowed_rule", "shadowed_rule"]);
     }
 }

@@ -13,8 +13,8 @@ use toml::Spanned;
 use super::diagnostics::Context;
 use super::principals::principal;
 use crate::compiled::{CompiledRule, HostPattern, PathPattern, Segment};
-use crate::matcher;
 use crate::source::RuleSource;
+use crate::{canonical, matcher};
 
 /// Compiled rules, the role names they intern (index = role id), and each rule's name span.
 pub(super) struct Rules {
@@ -104,12 +104,7 @@ fn compile_rule(
                 });
                 paths.push(pattern);
             }
-            Err(message) => cx.error(
-                "bad_path",
-                &path.span(),
-                message,
-                "paths are exact (`/score`), prefixes (`/v2/health/*`) or templates (`/v2/models/{model}/infer`)",
-            ),
+            Err(error) => cx.error("bad_path", &path.span(), error.message, error.hint),
         }
     }
     let variables = variables.unwrap_or_default();
@@ -183,6 +178,20 @@ fn headers(
             );
             continue;
         }
+        if lower == "host" {
+            // Envoy turns `Host` into `:authority` before any filter runs: a rule on `host`
+            // would match in `explain` and never in Envoy.
+            cx.error(
+                "host_header_rule",
+                &value.span(),
+                format!(
+                    "rule `{}` matches the header `host`, which Envoy only carries as `:authority`: the rule could never match",
+                    rule.name.get_ref()
+                ),
+                "match the host with `hosts = [\"…\"]`: it sees the host without port, lower-cased, as every request carries it",
+            );
+            continue;
+        }
         if lower.is_empty() || !lower.bytes().all(is_token_char) {
             cx.error(
                 "bad_header_name",
@@ -218,43 +227,62 @@ fn headers(
     out
 }
 
+/// Compiles a `hosts` entry to what [`canonical::canonical_host`] makes of a request's host:
+/// a pattern that no canonical host can equal could never match, so it is refused. ASCII
+/// case and one trailing dot are normalised away, as they are from requests.
 fn parse_host(cx: &mut Context<'_>, host: &Spanned<String>) -> Option<HostPattern> {
-    let text = host.get_ref().to_ascii_lowercase();
-    let star = "`*` may only stand first, as `*.`";
-    if text.contains(':') || text.contains('/') || text.is_empty() {
-        cx.error(
-            "bad_host",
-            &host.span(),
-            format!("`{text}` is not a host name (no port, scheme or path)"),
+    let written = host.get_ref();
+    let lower = written.to_ascii_lowercase();
+    let text = lower.strip_suffix('.').unwrap_or(&lower);
+    let (wildcard, name) = match text.strip_prefix("*.") {
+        Some(suffix) => (true, suffix),
+        None => (false, text),
+    };
+    let problem = if !written.is_ascii() {
+        Some((
+            format!(
+                "`{written}` is not ASCII: Envoy passes international host names in their punycode form (`xn--…`), so this pattern could never match"
+            ),
+            "write the punycode form of the name (e.g. `xn--bcher-kva.example` for `bücher.example`)",
+        ))
+    } else if name.contains('/')
+        || (!name.starts_with('[') && name.contains(':'))
+        || name.contains("]:")
+    {
+        Some((
+            format!("`{written}` is not a host name (no port, scheme or path)"),
             "write the host alone, e.g. `fraud.westeurope.inference.ml.azure.com`; ports never take part in matching",
-        );
+        ))
+    } else if name.contains('*') {
+        Some((
+            format!("`{written}`: `*` may only stand first, as `*.`"),
+            if text == "*" {
+                "to match every host, leave `hosts` out"
+            } else {
+                "write e.g. `*.example.com`"
+            },
+        ))
+    } else if (wildcard && name.starts_with('['))
+        || !canonical::canonical_host(name).is_ok_and(|canonical| canonical == name)
+    {
+        Some((
+            format!(
+                "`{written}` is not a host name a request can carry, so this pattern could never match"
+            ),
+            "hosts are dot-separated labels of letters, digits, `-` and `_` (or an `[IPv6]` literal), with no spaces, `@` or empty labels",
+        ))
+    } else {
+        None
+    };
+    if let Some((message, hint)) = problem {
+        cx.error("bad_host", &host.span(), message, hint);
         return None;
     }
-    if let Some(suffix) = text.strip_prefix("*.") {
-        if suffix.contains('*') || suffix.is_empty() {
-            cx.error(
-                "bad_host",
-                &host.span(),
-                format!("`{text}`: {star}"),
-                "write e.g. `*.example.com`",
-            );
-            return None;
-        }
-        return Some(HostPattern::Suffix(format!(
-            ".{}",
-            suffix.trim_end_matches('.')
-        )));
-    }
-    if text.contains('*') {
-        cx.error(
-            "bad_host",
-            &host.span(),
-            format!("`{text}`: {star}"),
-            "to match every host, leave `hosts` out",
-        );
-        return None;
-    }
-    Some(HostPattern::Exact(text.trim_end_matches('.').to_owned()))
+    Some(if wildcard {
+        HostPattern::Suffix(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
 }
 
 /// Whether `name` can name a path variable.
@@ -266,28 +294,68 @@ pub(super) fn is_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Why a path pattern is refused, and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError {
+    /// What is wrong with the pattern.
+    pub message: String,
+    /// How to write it.
+    pub hint: &'static str,
+}
+
+const PATH_FORMS: &str = "paths are exact (`/score`), prefixes (`/v2/health/*`) or templates (`/v2/models/{model}/infer`)";
+
+fn bad_path(message: String) -> PathError {
+    PathError {
+        message,
+        hint: PATH_FORMS,
+    }
+}
+
 /// Parses a path pattern; returns it and the variables it captures.
-pub fn parse_path(text: &str) -> Result<(PathPattern, Vec<String>), String> {
+///
+/// Patterns are written as [`canonical::canonical_path`] leaves a request path: decoded,
+/// without path parameters, without `.`/`..` or empty segments. Anything else could never
+/// match, so it is refused.
+pub fn parse_path(text: &str) -> Result<(PathPattern, Vec<String>), PathError> {
     if !text.starts_with('/') {
-        return Err(format!("`{text}` must start with `/`"));
+        return Err(bad_path(format!("`{text}` must start with `/`")));
     }
     if text.contains(['?', '#']) {
-        return Err(format!(
+        return Err(bad_path(format!(
             "`{text}`: paths are matched without query or fragment"
-        ));
+        )));
+    }
+    if text.contains('%') {
+        return Err(PathError {
+            message: format!(
+                "`{text}` contains `%`: rules are matched on the decoded request path, which never holds a `%`, so this pattern could never match"
+            ),
+            hint: "write the path decoded, as the upstream reads it: `/models/my model`, not `/models/my%20model`",
+        });
+    }
+    if text.contains(';') {
+        return Err(PathError {
+            message: format!(
+                "`{text}` contains `;`: requests with path parameters are refused (or, with `path_parameters = \"strip\"`, matched without them), so this pattern could never match"
+            ),
+            hint: "write the path without its `;…` parameters",
+        });
     }
     let (base, open_ended) = match text.strip_suffix("/*") {
         Some(base) => (base, true),
         None => (text, false),
     };
     if base.contains('*') {
-        return Err(format!("`{text}`: `*` may only end a path, as `/*`"));
+        return Err(bad_path(format!(
+            "`{text}`: `*` may only end a path, as `/*`"
+        )));
     }
     let probe = if base.is_empty() { "/" } else { base };
     if matcher::is_unnormalized(probe) {
-        return Err(format!(
-            "`{text}` is not a normalised path (no `.`/`..` or empty segments)"
-        ));
+        return Err(bad_path(format!(
+            "`{text}` is not a normalised path (no `.`/`..` or empty segments, `\\` or control characters)"
+        )));
     }
     if !base.contains(['{', '}']) {
         return Ok((
@@ -309,13 +377,17 @@ pub fn parse_path(text: &str) -> Result<(PathPattern, Vec<String>), String> {
                 let var = segment.get(open + 1..close).unwrap_or("");
                 let suffix = segment.get(close + 1..).unwrap_or("");
                 if suffix.contains(['{', '}']) {
-                    return Err(format!("`{text}`: one `{{variable}}` per segment"));
+                    return Err(bad_path(format!(
+                        "`{text}`: one `{{variable}}` per segment"
+                    )));
                 }
                 if !is_variable_name(var) {
-                    return Err(format!("`{text}`: `{{{var}}}` is not a variable name"));
+                    return Err(bad_path(format!(
+                        "`{text}`: `{{{var}}}` is not a variable name"
+                    )));
                 }
                 if vars.iter().any(|v| v == var) {
-                    return Err(format!("`{text}`: `{{{var}}}` is captured twice"));
+                    return Err(bad_path(format!("`{text}`: `{{{var}}}` is captured twice")));
                 }
                 vars.push(var.to_owned());
                 segments.push(Segment::Capture {
@@ -324,7 +396,7 @@ pub fn parse_path(text: &str) -> Result<(PathPattern, Vec<String>), String> {
                     suffix: suffix.to_owned(),
                 });
             }
-            _ => return Err(format!("`{text}`: unbalanced braces")),
+            _ => return Err(bad_path(format!("`{text}`: unbalanced braces"))),
         }
     }
     Ok((
@@ -392,6 +464,8 @@ mod tests {
                 ("x-tenant".to_owned(), "a.b".to_owned())
             ]
         );
+        let text = rule("headers = { \"HOST\" = \"a.example.com\" }");
+        assert_eq!(kinds_of(&errors_of(&text)), ["host_header_rule"]);
         let text = rule("headers = { \":path\" = \"/admin\", \":Authority\" = \"a\" }");
         assert_eq!(
             kinds_of(&errors_of(&text)),
@@ -420,6 +494,35 @@ mod tests {
             kinds_of(&errors),
             ["bad_host", "bad_host", "bad_host", "bad_method"]
         );
+        // Only what `canonical_host` can produce from a request could ever match.
+        for bad in [
+            "b\u{fc}cher.example",
+            "a b.com",
+            "u@a.com",
+            "a.com/x",
+            "a..com",
+            "a.com..",
+            "",
+            ".",
+            "*.",
+            "*.[::1]",
+            "[::1]:80",
+            "[zz]",
+        ] {
+            let errors = errors_of(&rule(&format!("hosts = [\"{bad}\"]")));
+            assert_eq!(kinds_of(&errors), ["bad_host"], "{bad}");
+        }
+        let ok = compiled(&rule(
+            "hosts = [\"[::1]\", \"XN--BCHER-KVA.example\", \"my_svc.ns\"]",
+        ));
+        assert_eq!(
+            ok.policy.rules[0].hosts,
+            [
+                HostPattern::Exact("[::1]".into()),
+                HostPattern::Exact("xn--bcher-kva.example".into()),
+                HostPattern::Exact("my_svc.ns".into())
+            ]
+        );
     }
 
     #[test]
@@ -442,10 +545,21 @@ mod tests {
             }
         ));
         for bad in [
-            "score", "/a?b", "/a/*/b", "/a/../b", "/{x}/{x}", "/{1x}", "/{a", "//a",
+            "score", "/a?b", "/a/*/b", "/a/../b", "/{x}/{x}", "/{1x}", "/{a", "//a", "/a\\b",
         ] {
-            assert!(parse_path(bad).is_err(), "{bad}");
+            assert_eq!(parse_path(bad).unwrap_err().hint, PATH_FORMS, "{bad}");
         }
+        for bad in ["/a%20b", "/a%2fb/*", "/{m}%3Apredict", "/%"] {
+            assert!(
+                parse_path(bad).unwrap_err().hint.contains("decoded"),
+                "{bad}"
+            );
+        }
+        for bad in ["/a;b", "/admin;x=1/*"] {
+            assert!(parse_path(bad).unwrap_err().hint.contains("`;"), "{bad}");
+        }
+        // Spaces and non-ASCII are written as the decoded path holds them.
+        assert!(parse_path("/models/my model/caf\u{e9}").is_ok());
     }
 
     #[test]
