@@ -9,7 +9,7 @@ run the manifests users apply.
 - `extension_config` turns a WasmPlugin into the ECDS resource istiod sends: a
   TypedExtensionConfig named `<namespace>.<name>` holding the Wasm filter, with
   `pluginConfig` serialised to JSON inside a StringValue, and `failStrategy` mapped to
-  `fail_open`.
+  `fail_open` or (FAIL_RELOAD) `failure_policy`.
 - `http_filters` places plugins in the chain by phase and priority, each as an ECDS
   `config_discovery` entry (here from a watched file instead of istiod's ADS stream).
 - `service_entry_clusters` builds the `outbound|PORT||HOST` clusters for ServiceEntries,
@@ -206,8 +206,13 @@ def extension_config(plugin, module_path, runtime="envoy.wasm.runtime.v8"):
         "name": name,
         "root_id": spec.get("pluginName", ""),
         "vm_config": {"runtime": runtime, "code": {"local": {"filename": str(module_path)}}},
-        "fail_open": spec.get("failStrategy", "FAIL_CLOSE") == "FAIL_OPEN",
     }
+    # istiod: FAIL_OPEN → fail_open; FAIL_RELOAD (Istio ≥ 1.27) → failure_policy FAIL_RELOAD.
+    strategy = spec.get("failStrategy", "FAIL_CLOSE")
+    if strategy == "FAIL_RELOAD":
+        config["failure_policy"] = "FAIL_RELOAD"
+    else:
+        config["fail_open"] = strategy == "FAIL_OPEN"
     if "pluginConfig" in spec:
         # istiod marshals the Struct to JSON and wraps it in a StringValue.
         config["configuration"] = {

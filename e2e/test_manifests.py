@@ -136,6 +136,20 @@ def test_every_example_emits_valid_istio_manifests(policy):
         assert {"ServiceEntry", "DestinationRule"} <= {d["kind"] for d in docs}
 
 
+@pytest.mark.parametrize("flag, strategy", [([], "FAIL_RELOAD"), (["--fail-strategy", "close"], "FAIL_CLOSE")])
+def test_fail_strategy_is_always_fail_closed(flag, strategy):
+    # FAIL_RELOAD by default (a crashed VM is replaced; fail closed meanwhile), FAIL_CLOSE for
+    # Istio < 1.27; both validate against the CRD. There is no way to ask for FAIL_OPEN.
+    base = [h.CLAIMGATE, "manifest", KIND_POLICY, "--wasm-url", "oci://x/y:1", "--sha256", "ab" * 32, "--namespace", "ml-serving", "--selector", "app=x"]
+    out = subprocess.run(base + flag, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plugin = mesh.load(out.stdout)[0]
+    assert plugin["spec"]["failStrategy"] == strategy
+    assert mesh.validate(plugin) == []
+    refused = subprocess.run(base + ["--fail-strategy", "open"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "FAIL_OPEN" not in refused.stdout
+
+
 def test_manifest_command_refuses_bad_arguments(tmp_path):
     base = [h.CLAIMGATE, "manifest", KIND_POLICY, "--wasm-url", "oci://x/y:1"]
     cases = [

@@ -119,7 +119,7 @@ def test_manifests_validate_against_istio_crds(sidecar):
     kinds = sorted(d["kind"] for d in sidecar.docs)
     assert kinds == ["ServiceEntry", "ServiceEntry", "WasmPlugin"]
     spec = sidecar.plugin["spec"]
-    assert spec["failStrategy"] == "FAIL_CLOSE" and spec["phase"] == "AUTHN"
+    assert spec["failStrategy"] == "FAIL_RELOAD" and spec["phase"] == "AUTHN"
     assert spec["sha256"] == hashlib.sha256(h.WASM.read_bytes()).hexdigest()
     compiled = json.loads(h.compile_policy(sidecar.workdir / f"policy-v{sidecar.version}.toml"))
     assert spec["pluginConfig"] == compiled, "the WasmPlugin carries exactly what `compile` prints"
