@@ -394,13 +394,15 @@ fn forward(
     for (name, value) in engine.upstream_headers(decision) {
         host.set_request_header(name, &value)?;
     }
+    // `forward = false` keeps the token from the upstream on every request that passes —
+    // public paths, the default, audit mode — not only when a caller was verified.
+    if !engine.policy().token.forward_token {
+        for name in &engine.policy().token.headers {
+            host.remove_request_header(name.as_bytes())?;
+        }
+    }
     if let Some(identity) = &decision.identity {
         let rule = decision.rule.as_deref().unwrap_or("");
-        if !engine.policy().token.forward_token {
-            for name in &engine.policy().token.headers {
-                host.remove_request_header(name.as_bytes())?;
-            }
-        }
         // For Envoy's access log (`%FILTER_STATE(wasm.claimgate.subject:PLAIN)%`): encoded
         // too, so a claim cannot forge log lines. Best effort: the decision does not depend on it.
         for (key, value) in [

@@ -675,3 +675,33 @@ fn configuration_fails_closed() {
     root::tick(&host, &shared);
     assert_eq!(host.callouts().len(), 1);
 }
+
+/// Review finding: `forward = false` left the token in requests that passed without a
+/// verified caller (public paths, default allow, audit mode).
+#[test]
+fn forward_false_keeps_the_token_from_the_upstream_on_every_passing_request() {
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let policy = POLICY.replace(
+        "name = \"unit\"\n",
+        "name = \"unit\"\n\n[token]\nforward = false\n",
+    );
+    let shared = testing::configured(&host, &policy);
+    let first = host.callouts();
+    deliver(
+        &host,
+        &shared,
+        first[0].token,
+        Some("200"),
+        &testing::jwks(&[&key]),
+    );
+    let t = token(&key, &[("roles", json!(["ml-scorer"]))]);
+    for (context, path) in [(2, "/health"), (3, "/score")] {
+        assert_eq!(
+            run(&host, &shared, context, &testing::request(path, Some(&t))),
+            Verdict::Continue,
+            "{path}"
+        );
+        assert_eq!(host.header(context, "authorization"), None, "{path}");
+    }
+}
