@@ -285,7 +285,12 @@ fn hold(
                 config.before_first_fetch == BeforeFirstFetch::Hold
                     && s.scheduler.first_keys_pending(index)
             }
-            DenyReason::UnknownKey { issuer, .. } => {
+            // Only a `kid` the key set lacks can be cured by a refetch: a token naming none
+            // that no single key fits is refused at once (no hold, no fetch for a flood).
+            DenyReason::UnknownKey {
+                issuer,
+                kid: Some(_),
+            } => {
                 let index = engine.issuer_index(issuer)?;
                 let waits = s.scheduler.ask_refetch(index, now_ms);
                 if waits && s.scheduler.refetch_waiting() && !s.fast_tick {

@@ -705,3 +705,34 @@ fn forward_false_keeps_the_token_from_the_upstream_on_every_passing_request() {
         assert_eq!(host.header(context, "authorization"), None, "{path}");
     }
 }
+
+/// A token without `kid` that no single key fits cannot be cured by a refetch: refused at
+/// once, never held, no callout (a flood of such tokens must cost nothing but a reply).
+#[test]
+fn a_kidless_token_with_several_candidate_keys_is_refused_without_a_refetch() {
+    let (k1, k2) = (Key::new("k1"), Key::new("k2"));
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let first = host.callouts();
+    deliver(
+        &host,
+        &shared,
+        first[0].token,
+        Some("200"),
+        &testing::jwks(&[&k1, &k2]),
+    );
+    let before = host.callouts().len();
+    let t = k1.mint_without_kid(&testing::claims(&[("roles", json!(["ml-scorer"]))]));
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Replied
+    );
+    assert_eq!(error_of(&host, 2), (401, "unknown_key".to_owned()));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert_eq!(
+        host.callouts().len(),
+        before,
+        "no refetch for a token without kid"
+    );
+}

@@ -125,6 +125,15 @@ impl Key {
         self.mint_with_kid(&self.kid, claims)
     }
 
+    /// A token with these claims and no `kid` in its header.
+    pub fn mint_without_kid(&self, claims: &Value) -> String {
+        let claims: JWTClaims<Map<String, Value>> = serde_json::from_value(claims.clone()).unwrap();
+        ES256KeyPair::from_bytes(&self.pair.to_bytes())
+            .unwrap()
+            .sign(claims)
+            .unwrap()
+    }
+
     /// A token with these claims and any `kid`.
     pub fn mint_with_kid(&self, kid: &str, claims: &Value) -> String {
         let custom: Map<String, Value> = serde_json::from_value(claims.clone()).unwrap();
