@@ -10,6 +10,7 @@ filter over ECDS from a watched file. Tokens come from oidc-provider's token end
 Every test runs against each installed Envoy version.
 """
 
+import base64
 import hashlib
 import json
 import threading
@@ -314,4 +315,39 @@ def test_live_policy_push_under_load(sidecar):
     assert version_gauge and stats[version_gauge[0]] != stats_before.get(version_gauge[0]), "policy version gauge moved"
     # And back: the push that restores access is just as live.
     sidecar.push(v1)
+    assert wait_for_status(sidecar.envoy, 200, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 200
+
+
+def test_an_invalid_policy_pushed_under_load_leaves_the_old_one_in_force(sidecar):
+    """Issue 8 (faults): a pluginConfig the filter refuses (a blob whose digest does not match,
+    as a corrupted or hand-edited push would carry) arrives over ECDS while requests flow. Every
+    request is still answered by the policy in force, none fails, and the refusal is visible in
+    Envoy's log and its ECDS stats."""
+    pipeline = sidecar.keycloak_service("fraud-pipeline")
+    calls = [("pipeline", "/score", AML, pipeline)]
+    broken = json.loads(json.dumps(sidecar.plugin))
+    config = broken["spec"]["pluginConfig"]
+    blob = bytearray(base64.b64decode(config["policy"]))
+    blob[-1] ^= 0x01  # one flipped bit in the payload: the blob's SHA-256 no longer matches
+    config["policy"] = base64.b64encode(bytes(blob)).decode()
+    module = sidecar.agent.fetch(sidecar.plugin)
+    fails_before = sum(int(v) for k, v in sidecar.envoy.stats().items() if k.endswith(".config_fail"))
+    with Load(sidecar.envoy.port, calls) as load:
+        time.sleep(1.5)
+        sidecar.version += 1
+        mesh.write_ecds(sidecar.ecds, [mesh.extension_config(broken, module)], sidecar.version)
+        time.sleep(4)
+    assert not load.failures, load.failures[:5]
+    assert len(load.results) > 100, f"only {len(load.results)} requests under load"
+    answers = {(r[3], r[4]) for r in load.results}
+    assert answers == {(200, None)}, f"the policy in force must keep answering: {answers}"
+    logs = sidecar.envoy.logs()
+    assert "pluginConfig refused" in logs, "the refusal is logged"
+    stats = sidecar.envoy.stats()
+    fails = sum(int(v) for k, v in stats.items() if k.endswith(".config_fail"))
+    assert fails > fails_before, "Envoy counts the rejected ECDS update"
+    # The next valid push is live again.
+    sidecar.push(policy_text(sidecar.kc, sidecar.entra, revoked=["fraud-pipeline"]))
+    assert wait_for_status(sidecar.envoy, 401, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 401
+    sidecar.push(policy_text(sidecar.kc, sidecar.entra))
     assert wait_for_status(sidecar.envoy, 200, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 200
