@@ -107,16 +107,7 @@ impl Headers {
 pub fn on_request_headers(host: &dyn Host, shared: &RefCell<Shared>, context_id: u32) -> Verdict {
     let Some(now_ms) = clock(host) else {
         log::error!("claimgate: the host clock cannot be read: request refused");
-        let reason = DenyReason::ClockUnavailable;
-        shared.borrow().metrics.denied(host, &reason);
-        let status = reason.response().status;
-        return send(
-            host,
-            shared,
-            u32::from(status),
-            &[],
-            &error_body(reason.code(), status),
-        );
+        return refuse_without_clock(host, shared);
     };
     shared.borrow_mut().last_clock_ms = now_ms;
     decide_and_apply(host, shared, context_id, now_ms, now_ms)
@@ -170,6 +161,37 @@ pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
             let _ = host.resume_request();
         }
     }
+}
+
+/// 503 `clock_unavailable` for the current request.
+fn refuse_without_clock(host: &dyn Host, shared: &RefCell<Shared>) -> Verdict {
+    let reason = DenyReason::ClockUnavailable;
+    shared.borrow().metrics.denied(host, &reason);
+    let status = reason.response().status;
+    send(
+        host,
+        shared,
+        u32::from(status),
+        &[],
+        &error_body(reason.code(), status),
+    )
+}
+
+/// The clock failed at the root's tick: every held request is refused (503).
+pub fn refuse_held_without_clock(host: &dyn Host, shared: &RefCell<Shared>) {
+    let (held, root) = {
+        let mut s = shared.borrow_mut();
+        (s.held.take_all(), s.root_context)
+    };
+    if held.is_empty() {
+        return;
+    }
+    for Held { context_id, .. } in held {
+        if host.set_effective_context(context_id).is_ok() {
+            refuse_without_clock(host, shared);
+        }
+    }
+    let _ = host.set_effective_context(root);
 }
 
 /// A request's stream ended: it is no longer held.

@@ -736,3 +736,33 @@ fn a_kidless_token_with_several_candidate_keys_is_refused_without_a_refetch() {
         "no refetch for a token without kid"
     );
 }
+
+#[test]
+fn a_clock_that_fails_at_the_tick_refuses_held_requests_and_logs_once() {
+    capture_logs();
+    let key = Key::new("k1");
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    host.set_now(None);
+    for _ in 0..5 {
+        host.enter(ROOT);
+        root::tick(&host, &shared);
+    }
+    assert_eq!(error_of(&host, 2), (503, "clock_unavailable".to_owned()));
+    let warnings = logged()
+        .iter()
+        .filter(|(_, line)| line.contains("clock cannot be read"))
+        .count();
+    assert_eq!(warnings, 1);
+    assert_eq!(host.state.borrow().tick_period_ms, Some(TICK_MS));
+    // The clock is back: fetching resumes.
+    host.set_now(Some(NOW_MS + 1_000));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    assert!(!shared.borrow().clock_failing);
+}

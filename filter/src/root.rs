@@ -46,10 +46,27 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
 /// The root's tick.
 pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
     let Some(now_ms) = clock(host) else {
-        log::warn!("claimgate: the host clock cannot be read: JWKS refresh skipped");
+        // No clock, no schedule: held requests are refused now (they would wait forever),
+        // the tick goes back to its regular pace, and the failure is logged once.
+        let first = {
+            let mut s = shared.borrow_mut();
+            let first = !s.clock_failing;
+            s.clock_failing = true;
+            s.fast_tick = false;
+            first
+        };
+        if first {
+            log::warn!("claimgate: the host clock cannot be read: JWKS refresh suspended");
+        }
+        request::refuse_held_without_clock(host, shared);
+        let _ = host.set_tick_period_ms(TICK_MS);
         return;
     };
-    shared.borrow_mut().last_clock_ms = now_ms;
+    {
+        let mut s = shared.borrow_mut();
+        s.last_clock_ms = now_ms;
+        s.clock_failing = false;
+    }
     let reclaimed = jwks::reclaim_overdue(host, shared, now_ms);
     jwks::dispatch_due(host, shared, now_ms);
     if reclaimed {

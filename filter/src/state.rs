@@ -37,6 +37,8 @@ pub struct Shared {
     pub fast_tick: bool,
     /// The last clock reading (ms): schedules fetches when the clock fails, never decides.
     pub last_clock_ms: u64,
+    /// Whether the last tick found no clock (its warning is logged once).
+    pub clock_failing: bool,
 }
 
 impl Shared {
@@ -61,6 +63,7 @@ impl Shared {
             metrics,
             fast_tick: false,
             last_clock_ms: 0,
+            clock_failing: false,
         }
     }
 }
