@@ -1,6 +1,6 @@
 -- wrk script for the soak: sends the tokens of $TOKENS_FILE in turn (an empty line sends no
--- Authorization header), counts answers by status, and stops after $SOAK_REQUESTS answers
--- (0: run for wrk's -d). Prints "STATUS <code> <count>" and "SENT <n>" lines at the end.
+-- Authorization header) and counts answers by status. Prints "STATUS <code> <count>", "SENT
+-- <n>" and latency lines at the end (after -d, or when the test stops wrk with SIGINT).
 local threads = {}
 
 function setup(thread)
@@ -12,9 +12,7 @@ function init(args)
   for line in io.lines(os.getenv("TOKENS_FILE")) do
     tokens[#tokens + 1] = line
   end
-  limit = tonumber(os.getenv("SOAK_REQUESTS") or "0")
   counts = {}
-  answered = 0
   sent = 0
   i = 0
 end
@@ -31,10 +29,6 @@ end
 
 function response(status, headers, body)
   counts[status] = (counts[status] or 0) + 1
-  answered = answered + 1
-  if limit > 0 and answered >= limit then
-    wrk.thread:stop()
-  end
 end
 
 function done(summary, latency, requests)
