@@ -658,7 +658,7 @@ def test_encoded_paths_and_parameters(gate):
 def test_hosts(gate):
     g = gate
     cases = [Case("two ports", 400, "invalid_host", method="GET", path="/internal/x", host="secure.example.com:80:80")]
-    for host in ["secure.example.com:", "secure.example.com:http", "user@secure.example.com", "[::1"]:
+    for host in ["", "secure.example.com:", "secure.example.com:http", "user@secure.example.com", "[::1"]:
         cases.append(Case(f"host {host!r}", 400, "invalid_host", method="GET", path="/internal/x", host=host))
     assert_cases(g, cases)
 

@@ -1547,6 +1547,7 @@ fn invalid_hosts() {
     let mut cases = Vec::new();
     for host in [
         "secure.example.com:80:80",
+        "",
         "secure.example.com:",
         "secure.example.com:http",
         "secure.example.com:-1",
