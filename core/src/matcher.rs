@@ -162,19 +162,56 @@ fn header_holds(
     if names.owns(name) {
         return false;
     }
+    // Envoy joins repeated copies of common headers with `,` before the filter runs, and a
+    // server may split a value on `,`: a value counts as itself and as its elements.
     let mut values = request.values(name);
     match effect {
-        Effect::Deny => values.any(|v| v == value),
+        Effect::Deny => {
+            values.any(|v| v == value || v.split(',').map(str::trim).any(|e| e == value))
+        }
         Effect::Allow => {
             let mut seen = false;
             for v in values {
-                if v != value {
+                let joined = v.contains(',') && v.split(',').map(str::trim).all(|e| e == value);
+                if v != value && !joined {
                     return false;
                 }
                 seen = true;
             }
             seen
         }
+    }
+}
+
+/// Request-method override headers some frameworks honour (Rails, Laravel, ASP.NET, Express
+/// `method-override`): the upstream may run the method they name.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a rule's method list covers the request. A deny rule covers every method the
+/// upstream might run: the request's, `GET` for `HEAD` (frameworks answer HEAD with the GET
+/// handler) and any override header's. An allow rule must cover all of them.
+fn methods_match(rule: &CompiledRule, method: &str, request: &Request<'_>) -> bool {
+    if rule.methods.is_empty() {
+        return true;
+    }
+    let listed = |m: &str| rule.methods.iter().any(|r| r.eq_ignore_ascii_case(m));
+    let overrides = || {
+        METHOD_OVERRIDES
+            .iter()
+            .flat_map(|name| request.values(name))
+            .map(str::trim)
+    };
+    match rule.effect {
+        Effect::Deny => {
+            listed(method)
+                || (method.eq_ignore_ascii_case("HEAD") && listed("GET"))
+                || overrides().any(listed)
+        }
+        Effect::Allow => listed(method) && overrides().all(listed),
     }
 }
 
@@ -188,7 +225,7 @@ pub fn rule_matches(
     request: &Request<'_>,
     names: &IdentityHeaderNames,
 ) -> Option<Captures> {
-    if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+    if !methods_match(rule, method, request) {
         return None;
     }
     if !host_matches(&rule.hosts, host) {

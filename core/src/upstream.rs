@@ -77,12 +77,35 @@ impl IdentityHeaderNames {
     }
 
     /// Whether a request header is one of the filter's own (client-sent copies are dropped).
+    /// `_` counts as `-`: many servers (WSGI/CGI, older gunicorn and Puma) read
+    /// `x_claimgate_subject` as `x-claimgate-subject`.
     pub fn owns(&self, header: &str) -> bool {
-        header.len() >= self.prefix.len()
-            && header
-                .get(..self.prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(&self.prefix))
+        self.owns_bytes(header.as_bytes())
     }
+
+    /// [`IdentityHeaderNames::owns`] on a name as the host gives it (any bytes).
+    pub fn owns_bytes(&self, header: &[u8]) -> bool {
+        header
+            .get(..self.prefix.len())
+            .is_some_and(|start| same_name_bytes(start, self.prefix.as_bytes()))
+    }
+}
+
+fn fold(byte: u8) -> u8 {
+    match byte {
+        b'_' => b'-',
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+fn same_name_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
+
+/// Whether two header names are the same to some server that may read the request: ASCII
+/// case-insensitive, with `_` and `-` alike (CGI/WSGI map both to `_`).
+pub fn same_header_name(a: &str, b: &str) -> bool {
+    same_name_bytes(a.as_bytes(), b.as_bytes())
 }
 
 #[cfg(test)]
@@ -125,6 +148,11 @@ mod tests {
         assert!(names.owns("x-claimgate-subject"));
         assert!(names.owns("X-ClaimGate-anything"));
         assert!(!names.owns("x-claim"));
+        // Issue 8 review: underscores reach WSGI-style upstreams as dashes.
+        assert!(names.owns("x_claimgate_subject"));
+        assert!(names.owns_bytes(b"X_CLAIMGATE-roles"));
+        assert!(same_header_name("x_debug", "X-Debug"));
+        assert!(!same_header_name("x-debug", "x-debugg"));
         assert_eq!(names.policy_version, "x-claimgate-policy-version");
     }
 }

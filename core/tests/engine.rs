@@ -1071,3 +1071,53 @@ fn audit_mode_sends_no_identity_for_a_denied_request() {
     assert!(d.passes() && !d.allowed);
     assert!(engine.upstream_headers(&d).is_empty());
 }
+
+/// Attacker pass 2 (real Envoy): `x_debug` reaches WSGI-style upstreams as `x-debug`; Envoy
+/// joins repeated `user-agent` values with `,` before the filter; HEAD runs the GET handler;
+/// method-override headers make the upstream run another method.
+#[test]
+fn header_and_method_spellings_never_escape_a_deny_rule() {
+    let f = fixture_with(
+        "[[rules]]\nname = \"no-debug\"\npaths = [\"/v2/health/*\"]\nheaders = { \"x-debug\" = \"1\" }\ndeny = \"anyone\"\n\n[[rules]]\nname = \"no-bots\"\npaths = [\"/v2/health/*\"]\nheaders = { \"user-agent\" = \"evilbot\" }\ndeny = \"anyone\"\n\n[[rules]]\nname = \"read-only\"\nmethods = [\"GET\", \"DELETE\"]\npaths = [\"/v2/health/admin\"]\ndeny = \"anyone\"\n",
+    );
+    let get = |method: &str, headers: &[(&str, &str)]| {
+        code(&decide(&f, method, "h", "/v2/health/admin", headers, None))
+    };
+    assert_eq!(get("POST", &[]), "allow");
+    assert_eq!(get("POST", &[("x_debug", "1")]), "explicit_deny");
+    assert_eq!(get("POST", &[("X_Debug", "1")]), "explicit_deny");
+    assert_eq!(
+        get("POST", &[("user-agent", "evilbot,evilbot")]),
+        "explicit_deny"
+    );
+    assert_eq!(
+        get("POST", &[("user-agent", "curl, evilbot")]),
+        "explicit_deny"
+    );
+    assert_eq!(get("HEAD", &[]), "explicit_deny");
+    assert_eq!(
+        get("POST", &[("x-http-method-override", "DELETE")]),
+        "explicit_deny"
+    );
+    assert_eq!(get("POST", &[("X-HTTP-Method", "delete")]), "explicit_deny");
+    // Allow rules: an override the rule does not list is not allowed; a joined value of the
+    // allowed value is.
+    let t = sign(&f.kc, json!({}));
+    let with = |extra: (&str, &str)| {
+        code(&decide(
+            &f,
+            "POST",
+            AML,
+            "/score",
+            &[("azureml-model-deployment", "blue"), extra],
+            Some(&t),
+        ))
+    };
+    assert_eq!(with(("x-http-method-override", "DELETE")), "no_rule");
+    assert_eq!(with(("x-other", "1")), "allow");
+    let joined = [("azureml-model-deployment", "blue,blue")];
+    assert_eq!(
+        code(&decide(&f, "POST", AML, "/score", &joined, Some(&t))),
+        "allow"
+    );
+}

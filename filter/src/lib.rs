@@ -139,6 +139,17 @@ impl HttpContext for Http {
             Verdict::Replied | Verdict::Held => Action::Pause,
         }
     }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        match &self.shared {
+            Some(shared) if request::on_request_trailers(&WasmHost, shared) => Action::Continue,
+            // The spoofed trailers could not be removed: never forward them.
+            _ => {
+                let _ = WasmHost.reset_request();
+                Action::Pause
+            }
+        }
+    }
 }
 
 /// TEST ONLY (cargo feature `test-trap`, never in a release manifest): a request carrying

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use claimgate_core::DenyReason;
 use claimgate_core::compiled::BeforeFirstFetch;
 use claimgate_core::engine::{Decision, Engine, Request};
-use claimgate_core::upstream::encode_value;
+use claimgate_core::upstream::{IdentityHeaderNames, encode_value};
 
 use crate::audit;
 use crate::cache::Lookup;
@@ -55,17 +55,15 @@ struct Headers {
 }
 
 impl Headers {
-    fn read(raw: RawHeaders, prefix: &str, token_headers: &[String]) -> Headers {
+    fn read(raw: RawHeaders, names: &IdentityHeaderNames, token_headers: &[String]) -> Headers {
         let mut headers = Headers {
             pairs: Vec::with_capacity(raw.len()),
             lossy: Vec::with_capacity(raw.len()),
             spoofed: Vec::new(),
         };
         for (name, value) in raw {
-            let owned = name
-                .get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()));
-            if owned {
+            // `x_claimgate_subject` too: WSGI-style upstreams read it as `x-claimgate-subject`.
+            if names.owns_bytes(&name) {
                 headers.spoofed.push(name);
                 continue;
             }
@@ -211,11 +209,7 @@ fn decide_and_apply(
         Ok(raw) => raw,
         Err(error) => return fail(host, shared, "cannot read the request headers", error),
     };
-    let headers = Headers::read(
-        raw,
-        &engine.header_names().prefix,
-        &engine.policy().token.headers,
-    );
+    let headers = Headers::read(raw, engine.header_names(), &engine.policy().token.headers);
     let request = Request {
         method: headers.get(":method"),
         host: headers.get(":authority"),
@@ -480,3 +474,17 @@ fn fail(host: &dyn Host, shared: &RefCell<Shared>, what: &str, error: HostError)
 #[cfg(test)]
 #[path = "request_tests.rs"]
 mod tests;
+
+/// Request trailers: identity headers a client sends there (an h2 or gRPC upstream receives
+/// trailers) are removed, like the ones in the headers. Returns false if that failed.
+pub fn on_request_trailers(host: &dyn Host, shared: &RefCell<Shared>) -> bool {
+    let engine = shared.borrow().engine.clone();
+    let names = engine.header_names();
+    let Ok(trailers) = host.request_trailers() else {
+        return false;
+    };
+    trailers
+        .iter()
+        .filter(|(name, _)| names.owns_bytes(name))
+        .all(|(name, _)| host.remove_request_trailer(name).is_ok())
+}

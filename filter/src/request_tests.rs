@@ -766,3 +766,40 @@ fn a_clock_that_fails_at_the_tick_refuses_held_requests_and_logs_once() {
     root::tick(&host, &shared);
     assert!(!shared.borrow().clock_failing);
 }
+
+/// Attacker pass 2 (real Envoy, F1): `x_claimgate_subject` reaches a WSGI-style upstream as
+/// `x-claimgate-subject`; it must be removed like the dashed spelling.
+#[test]
+fn identity_headers_spelled_with_underscores_are_removed() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    let mut headers = testing::request("/health", None);
+    headers.push((b"x_claimgate_subject".to_vec(), b"admin".to_vec()));
+    headers.push((b"X_ClaimGate_Roles".to_vec(), b"ml-admin".to_vec()));
+    assert_eq!(run(&host, &shared, 2, &headers), Verdict::Continue);
+    assert_eq!(host.header(2, "x_claimgate_subject"), None);
+    assert_eq!(host.header(2, "X_ClaimGate_Roles"), None);
+}
+
+/// Attacker pass 2 (F5): identity headers sent as request trailers (forwarded to h2/gRPC
+/// upstreams) are removed.
+#[test]
+fn identity_headers_in_trailers_are_removed() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&key);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/health", None)),
+        Verdict::Continue
+    );
+    host.state.borrow_mut().trailers.insert(
+        2,
+        vec![
+            (b"x-claimgate-subject".to_vec(), b"admin".to_vec()),
+            (b"grpc-status".to_vec(), b"0".to_vec()),
+        ],
+    );
+    host.enter(2);
+    assert!(on_request_trailers(&host, &shared));
+    let trailers = host.state.borrow().trailers.get(&2).cloned().unwrap();
+    assert_eq!(trailers, vec![(b"grpc-status".to_vec(), b"0".to_vec())]);
+}

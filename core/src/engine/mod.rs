@@ -43,11 +43,12 @@ impl<'a> Request<'a> {
         self.values(name).next()
     }
 
-    /// Every value of a header, in order (name compared case-insensitively).
+    /// Every value of a header, in order. Names compare ASCII case-insensitively with `_`
+    /// and `-` alike: some upstreams read `x_debug` as `x-debug`, so a rule must too.
     pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         self.headers
             .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| crate::upstream::same_header_name(n, name))
             .map(|(_, v)| v.as_str())
     }
 }

@@ -44,6 +44,8 @@ pub struct State {
     pub config: Option<Vec<u8>>,
     /// Live request contexts and their headers.
     pub requests: HashMap<u32, RawHeaders>,
+    /// Request trailers by context.
+    pub trailers: HashMap<u32, RawHeaders>,
     /// The context calls act on.
     pub effective: u32,
     /// Local replies sent.
@@ -207,6 +209,28 @@ impl Host for MockHost {
         let headers = state.requests.entry(context).or_default();
         headers.retain(|(n, _)| n != name.as_bytes());
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        Ok(())
+    }
+
+    fn request_trailers(&self) -> Result<RawHeaders, HostError> {
+        self.check("request_trailers")?;
+        let context = self.live_request()?;
+        Ok(self
+            .state
+            .borrow()
+            .trailers
+            .get(&context)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn remove_request_trailer(&self, name: &[u8]) -> Result<(), HostError> {
+        self.check("remove_request_trailer")?;
+        let context = self.live_request()?;
+        let mut state = self.state.borrow_mut();
+        if let Some(trailers) = state.trailers.get_mut(&context) {
+            trailers.retain(|(n, _)| n != name);
+        }
         Ok(())
     }
 

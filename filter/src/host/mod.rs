@@ -63,6 +63,10 @@ pub trait Host {
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// Removes every value of a request header.
     fn remove_request_header(&self, name: &[u8]) -> Result<(), HostError>;
+    /// The request trailers of the current context.
+    fn request_trailers(&self) -> Result<RawHeaders, HostError>;
+    /// Removes every value of a request trailer.
+    fn remove_request_trailer(&self, name: &[u8]) -> Result<(), HostError>;
     /// Sends a local reply instead of forwarding the request.
     fn send_reply(
         &self,

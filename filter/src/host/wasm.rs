@@ -311,6 +311,19 @@ impl Host for WasmHost {
         ))
     }
 
+    fn request_trailers(&self) -> Result<RawHeaders, HostError> {
+        let (code, data) = raw::map_pairs(MapType::HttpRequestTrailers as u32);
+        status(code)?;
+        pairs::parse(&data.unwrap_or_default()).ok_or(HostError::Garbled)
+    }
+
+    fn remove_request_trailer(&self, name: &[u8]) -> Result<(), HostError> {
+        status(raw::remove_map_value(
+            MapType::HttpRequestTrailers as u32,
+            name,
+        ))
+    }
+
     fn send_reply(
         &self,
         code: u32,
