@@ -351,3 +351,25 @@ def test_an_invalid_policy_pushed_under_load_leaves_the_old_one_in_force(sidecar
     assert wait_for_status(sidecar.envoy, 401, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 401
     sidecar.push(policy_text(sidecar.kc, sidecar.entra))
     assert wait_for_status(sidecar.envoy, 200, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 200
+
+
+def test_a_push_while_the_idp_is_unreachable_keeps_the_last_good_keys(sidecar):
+    """Attacker pass 2 (F2): every push starts a new root; it used to start with no fetched
+    keys, so a push (a revocation!) during an IdP outage turned every authenticated request
+    into 503. The new root now starts from the keys earlier roots fetched (VM shared data).
+    The pushed policy reaches Keycloak's key set through a cluster that does not exist: every
+    fetch of the new root fails, as with an IdP that is down."""
+    pipeline = sidecar.keycloak_service("fraud-pipeline")
+    assert wait_for_status(sidecar.envoy, 200, timeout=10, path="/score", method="POST", host=AML, token=pipeline)[0] == 200
+    unreachable = policy_text(sidecar.kc, sidecar.entra).replace(
+        f'uri     = "{sidecar.kc.jwks_uri}"', f'uri     = "{sidecar.kc.jwks_uri}"\ncluster = "outbound|1||idp-unreachable.invalid"'
+    )
+    assert "idp-unreachable" in unreachable
+    gauge_before = {k: v for k, v in sidecar.envoy.stats().items() if k.endswith("claimgate.policy_version")}
+    sidecar.push(unreachable)
+    time.sleep(2)  # the push is live on every connection well within this (see the live push test)
+    stats = sidecar.envoy.stats()
+    assert {k: v for k, v in stats.items() if k.endswith("claimgate.policy_version")} != gauge_before, "the push is in force"
+    statuses = [sidecar.envoy.request("/score", method="POST", host=AML, token=pipeline, headers={"azureml-model-deployment": "blue"})[0] for _ in range(20)]
+    sidecar.push(policy_text(sidecar.kc, sidecar.entra))
+    assert statuses == [200] * 20, statuses

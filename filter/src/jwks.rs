@@ -9,12 +9,21 @@
 //! Every fetch in flight has a deadline (the callout timeout plus a margin): past it the
 //! fetch is reclaimed as failed, so an answer that never comes cannot stop refreshes.
 //! Failures back off exponentially (capped, and never beyond the refresh period).
+//!
+//! The last good key set of each JWKS URI is also kept in the VM's shared data, and a new
+//! root (a policy push, a VM reloaded after a crash) starts from it: a push during an IdP
+//! outage must not turn every authenticated request into 503 (it is how access is revoked).
+//! Only the verified-parse result is stored (the keys, bounded like a fetched set) and it is
+//! parsed again on adoption; shared data is trusted like the VM's own configuration.
 
 use std::cell::RefCell;
 
 use claimgate_core::compiled::CompiledIssuer;
-use claimgate_core::keys::{JwksError, KeySet, MAX_JWKS_BYTES, ParsedJwks, parse_jwks_bytes};
+use claimgate_core::keys::{
+    JwkKey, JwksError, KeySet, MAX_JWKS_BYTES, MAX_JWKS_KEYS, ParsedJwks, parse_jwks_bytes,
+};
 use claimgate_core::mesh::HttpEndpoint;
+use serde::{Deserialize, Serialize};
 
 use crate::host::Host;
 use crate::metrics::Counter;
@@ -202,6 +211,71 @@ pub fn backoff_ms(failures: u32, refresh_ms: u64) -> u64 {
         .min(refresh_ms.max(BACKOFF_BASE_MS))
 }
 
+// === Keys kept across configurations ===
+
+/// What a root keeps in shared data for the roots after it.
+#[derive(Serialize, Deserialize)]
+struct KeptKeys {
+    fetched_at_ms: u64,
+    keys: Vec<JwkKey>,
+}
+
+fn kept_key(uri: &str) -> String {
+    format!("claimgate.jwks.v1 {uri}")
+}
+
+/// Keeps a freshly fetched key set for later roots (best effort).
+fn keep(host: &dyn Host, uri: &str, keys: &[JwkKey], now_ms: u64) {
+    let kept = KeptKeys {
+        fetched_at_ms: now_ms,
+        keys: keys.to_vec(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&kept)
+        && bytes.len() <= MAX_JWKS_BYTES
+    {
+        let _ = host.set_shared_data(&kept_key(uri), &bytes);
+    }
+}
+
+/// Installs the key sets earlier roots fetched, and schedules each issuer's next fetch one
+/// refresh period after that fetch. Call before the first [`dispatch_due`].
+pub fn adopt_kept(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
+    let mut guard = shared.borrow_mut();
+    let s = &mut *guard;
+    let engine = s.engine.clone();
+    for (issuer, config) in engine.remote_issuers() {
+        let Some(remote) = config.remote_jwks.as_ref() else {
+            continue;
+        };
+        let Ok(Some(bytes)) = host.shared_data(&kept_key(&remote.uri)) else {
+            continue;
+        };
+        let Ok(kept) = serde_json::from_slice::<KeptKeys>(&bytes) else {
+            continue;
+        };
+        if kept.keys.is_empty() || kept.keys.len() > MAX_JWKS_KEYS {
+            continue;
+        }
+        let keys = KeySet::for_issuer(config, &kept.keys);
+        if keys.is_empty() {
+            continue;
+        }
+        let age_s = now_ms.saturating_sub(kept.fetched_at_ms) / 1000;
+        log::info!(
+            "claimgate: issuer `{}`: {} keys from the previous configuration (fetched {age_s} s ago)",
+            bounded(&config.name, 64),
+            keys.len()
+        );
+        s.fetched_keys.insert(issuer, kept.keys);
+        s.remote.set(issuer, keys);
+        s.scheduler.succeeded(
+            issuer,
+            kept.fetched_at_ms.min(now_ms),
+            refresh_ms(Some(config)),
+        );
+    }
+}
+
 // === Fetching ===
 
 /// Starts every fetch that is due. Call only from root callbacks (see the module docs).
@@ -361,6 +435,9 @@ pub fn on_answer(
                 bounded(&config.name, 64),
                 keys.len()
             );
+            if let Some(remote) = &config.remote_jwks {
+                keep(host, &remote.uri, &jwks.keys, now_ms);
+            }
             s.fetched_keys.insert(issuer, jwks.keys);
             s.remote.set(issuer, keys);
             s.metrics.bump(host, Counter::JwksFetchSuccess);

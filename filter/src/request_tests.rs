@@ -803,3 +803,27 @@ fn identity_headers_in_trailers_are_removed() {
     let trailers = host.state.borrow().trailers.get(&2).cloned().unwrap();
     assert_eq!(trailers, vec![(b"grpc-status".to_vec(), b"0".to_vec())]);
 }
+
+/// Attacker pass 2 (F2): a policy push gave the new root no keys, so while the IdP was down
+/// every authenticated request was held and then refused with 503. The new root now starts
+/// from the keys the previous one fetched (VM shared data) and fetches again only when they
+/// are due.
+#[test]
+fn a_policy_push_keeps_the_last_good_keys() {
+    let key = Key::new("k1");
+    let (host, _old) = ready(&key);
+    let callouts_before = host.callouts().len();
+    // The push: a new root on the same VM, the IdP unreachable from now on.
+    let pushed = POLICY.replace("name = \"unit\"", "name = \"unit-v2\"");
+    let shared = testing::configured(&host, &pushed);
+    assert_eq!(
+        host.callouts().len(),
+        callouts_before,
+        "the kept keys are not due yet"
+    );
+    let t = token(&key, &[("roles", json!(["ml-scorer"]))]);
+    assert_eq!(
+        run(&host, &shared, 7, &testing::request("/score", Some(&t))),
+        Verdict::Continue
+    );
+}

@@ -38,6 +38,7 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
     )));
     if let Some(now_ms) = clock(host) {
         shared.borrow_mut().last_clock_ms = now_ms;
+        jwks::adopt_kept(host, &shared, now_ms);
         jwks::dispatch_due(host, &shared, now_ms);
     }
     Ok(shared)

@@ -46,6 +46,8 @@ pub struct State {
     pub requests: HashMap<u32, RawHeaders>,
     /// Request trailers by context.
     pub trailers: HashMap<u32, RawHeaders>,
+    /// The VM's shared data (share one `State` between two roots to model a push).
+    pub shared_data: HashMap<String, Vec<u8>>,
     /// The context calls act on.
     pub effective: u32,
     /// Local replies sent.
@@ -209,6 +211,20 @@ impl Host for MockHost {
         let headers = state.requests.entry(context).or_default();
         headers.retain(|(n, _)| n != name.as_bytes());
         headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        Ok(())
+    }
+
+    fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.check("shared_data")?;
+        Ok(self.state.borrow().shared_data.get(key).cloned())
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        self.check("set_shared_data")?;
+        self.state
+            .borrow_mut()
+            .shared_data
+            .insert(key.to_owned(), value.to_vec());
         Ok(())
     }
 

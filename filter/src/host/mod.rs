@@ -63,6 +63,10 @@ pub trait Host {
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// Removes every value of a request header.
     fn remove_request_header(&self, name: &[u8]) -> Result<(), HostError>;
+    /// A value of the VM's shared data (kept across root contexts and workers).
+    fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
+    /// Sets a value of the VM's shared data.
+    fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
     /// The request trailers of the current context.
     fn request_trailers(&self) -> Result<RawHeaders, HostError>;
     /// Removes every value of a request trailer.

@@ -83,6 +83,20 @@ mod raw {
         pub fn proxy_define_metric(kind: u32, name: *const u8, size: usize, out: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
+        pub fn proxy_get_shared_data(
+            key: *const u8,
+            key_size: usize,
+            out_data: *mut *mut u8,
+            out_size: *mut usize,
+            out_cas: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
     }
 
     /// Takes ownership of bytes the host allocated through the SDK's
@@ -206,6 +220,20 @@ mod raw {
         // SAFETY: no pointers.
         unsafe { proxy_record_metric(id, value) }
     }
+
+    pub fn get_shared(key: &str) -> (u32, Option<Vec<u8>>) {
+        let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
+        // SAFETY: a live `str` and out-pointers to live locals.
+        let status = unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        (status, owned(data, size))
+    }
+
+    pub fn set_shared(key: &str, value: &[u8]) -> u32 {
+        // SAFETY: live slices; cas 0 = unconditional.
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) }
+    }
 }
 
 /// Native builds have no proxy-wasm host: every call reports [`NO_HOST`] (tests use the mock).
@@ -260,6 +288,12 @@ mod raw {
     pub fn record_metric(_: u32, _: u64) -> u32 {
         NO_HOST
     }
+    pub fn get_shared(_: &str) -> (u32, Option<Vec<u8>>) {
+        (NO_HOST, None)
+    }
+    pub fn set_shared(_: &str, _: &[u8]) -> u32 {
+        NO_HOST
+    }
 }
 
 fn status(code: u32) -> Result<(), HostError> {
@@ -309,6 +343,15 @@ impl Host for WasmHost {
             MapType::HttpRequestHeaders as u32,
             name,
         ))
+    }
+
+    fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        let (code, data) = raw::get_shared(key);
+        optional(code, data)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        status(raw::set_shared(key, value))
     }
 
     fn request_trailers(&self) -> Result<RawHeaders, HostError> {
