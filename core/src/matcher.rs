@@ -261,9 +261,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn templates_capture_segments() {
-        let kserve_v1 = template(
+    /// `/v1/models/{model}:predict`.
+    fn kserve_v1() -> PathPattern {
+        template(
             vec![
                 Segment::Literal("v1".into()),
                 Segment::Literal("models".into()),
@@ -274,7 +274,12 @@ mod tests {
                 },
             ],
             false,
-        );
+        )
+    }
+
+    #[test]
+    fn templates_capture_segments() {
+        let kserve_v1 = kserve_v1();
         assert_eq!(
             path_matches(&kserve_v1, "/v1/models/fraud:predict", Spelling::Exact),
             Some(vec![("model".into(), "fraud".into())])
@@ -295,56 +300,25 @@ mod tests {
 
     #[test]
     fn prefixes_and_exact() {
-        assert!(
-            path_matches(
-                &PathPattern::Prefix("/v2/health/".into()),
-                "/v2/health/ready",
-                Spelling::Exact
-            )
-            .is_some()
-        );
-        assert!(
-            path_matches(
-                &PathPattern::Prefix("/v2/health/".into()),
-                "/v2/healthz",
-                Spelling::Exact
-            )
-            .is_none()
-        );
-        assert!(
-            path_matches(
-                &PathPattern::Exact("/score".into()),
-                "/score",
-                Spelling::Exact
-            )
-            .is_some()
-        );
-        assert!(
-            path_matches(
-                &PathPattern::Exact("/score".into()),
-                "/score/",
-                Spelling::Exact
-            )
-            .is_none()
-        );
+        let matches =
+            |pattern: PathPattern, path| path_matches(&pattern, path, Spelling::Exact).is_some();
+        assert!(matches(
+            PathPattern::Prefix("/v2/health/".into()),
+            "/v2/health/ready"
+        ));
+        assert!(!matches(
+            PathPattern::Prefix("/v2/health/".into()),
+            "/v2/healthz"
+        ));
+        assert!(matches(PathPattern::Exact("/score".into()), "/score"));
+        assert!(!matches(PathPattern::Exact("/score".into()), "/score/"));
     }
 
     #[test]
     fn deny_rules_catch_every_spelling_allow_rules_only_their_own() {
         let exact = PathPattern::Exact("/admin".into());
         let prefix = PathPattern::Prefix("/admin/".into());
-        let kserve_v1 = template(
-            vec![
-                Segment::Literal("v1".into()),
-                Segment::Literal("models".into()),
-                Segment::Capture {
-                    prefix: String::new(),
-                    var: "model".into(),
-                    suffix: ":predict".into(),
-                },
-            ],
-            false,
-        );
+        let kserve_v1 = kserve_v1();
         for path in ["/admin", "/admin/", "/Admin", "/ADMIN/"] {
             assert!(
                 path_matches(&exact, path, Spelling::Any).is_some(),

@@ -122,7 +122,11 @@ fn fixture() -> Fixture {
 
 /// The fixture with extra rules (TOML) inserted before `[revoked]`.
 fn fixture_with(extra_rules: &str) -> Fixture {
-    let policy = POLICY.replace("[revoked]", &format!("{extra_rules}\n[revoked]"));
+    fixture_of(&POLICY.replace("[revoked]", &format!("{extra_rules}\n[revoked]")))
+}
+
+/// A fixture for a whole policy text (its issuers as in [`POLICY`]).
+fn fixture_of(policy: &str) -> Fixture {
     let kc = ES256KeyPair::generate().with_key_id("kc-1");
     let kc_other = ES256KeyPair::generate().with_key_id("kc-1");
     let entra = ES256KeyPair::generate().with_key_id("entra-1");
@@ -131,7 +135,7 @@ fn fixture_with(extra_rules: &str) -> Fixture {
         ("entra.json", jwks(&[(&entra, "entra-1")])),
     ]);
     let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
-    let compiled = compile(&policy, "policy.toml", &reader).unwrap();
+    let compiled = compile(policy, "policy.toml", &reader).unwrap();
     let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
     let engine = blob::engine_from_plugin_config(&config).unwrap();
     Fixture {
@@ -1043,20 +1047,8 @@ fn an_empty_token_header_is_not_a_second_token() {
 /// labelled as allowed by a rule.
 #[test]
 fn audit_mode_sends_no_identity_for_a_denied_request() {
-    let policy = POLICY.replace("version = 1", "version = 1\nmode = \"audit\"");
-    let kc = ES256KeyPair::generate().with_key_id("kc-1");
-    let entra = ES256KeyPair::generate().with_key_id("entra-1");
-    let files: HashMap<&str, String> = HashMap::from([
-        ("kc.json", jwks(&[(&kc, "kc-1")])),
-        ("entra.json", jwks(&[(&entra, "entra-1")])),
-    ]);
-    let reader = |name: &str| files.get(name).cloned().ok_or_else(|| "missing".to_owned());
-    let compiled = compile(&policy, "policy.toml", &reader).unwrap();
-    let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
-    let engine = blob::engine_from_plugin_config(&config).unwrap();
-    let token = kc
-        .sign(claims(json!({"realm_access": {"roles": ["viewer"]}})))
-        .unwrap();
+    let f = fixture_of(&POLICY.replace("version = 1", "version = 1\nmode = \"audit\""));
+    let token = sign(&f.kc, json!({"realm_access": {"roles": ["viewer"]}}));
     let headers = vec![
         ("azureml-model-deployment".to_owned(), "blue".to_owned()),
         ("authorization".to_owned(), format!("Bearer {token}")),
@@ -1067,9 +1059,9 @@ fn audit_mode_sends_no_identity_for_a_denied_request() {
         path: "/score",
         headers: &headers,
     };
-    let d = engine.decide(&request, NOW, &RemoteKeys::default(), None);
+    let d = f.engine.decide(&request, NOW, &RemoteKeys::default(), None);
     assert!(d.passes() && !d.allowed);
-    assert!(engine.upstream_headers(&d).is_empty());
+    assert!(f.engine.upstream_headers(&d).is_empty());
 }
 
 /// Attacker pass 2 (real Envoy): `x_debug` reaches WSGI-style upstreams as `x-debug`; Envoy
