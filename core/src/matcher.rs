@@ -10,11 +10,6 @@ use crate::upstream::IdentityHeaderNames;
 /// Path variables captured while matching, in template order.
 pub type Captures = Vec<(String, String)>;
 
-/// The path without query or fragment.
-pub fn strip_query(path: &str) -> &str {
-    canonical::strip_query(path)
-}
-
 /// Whether a path is not already in the form rules are matched on (see
 /// [`crate::canonical`]): such a path in a rule could never match.
 pub fn is_unnormalized(path: &str) -> bool {

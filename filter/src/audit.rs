@@ -78,7 +78,10 @@ pub fn line(
         client: identity.and_then(|i| i.client.as_deref()).map(short),
         method: short(request.method),
         host: short(request.host),
-        path: bounded(claimgate_core::matcher::strip_query(request.path), MAX_PATH),
+        path: bounded(
+            claimgate_core::canonical::strip_query(request.path),
+            MAX_PATH,
+        ),
         captures: decision
             .captures
             .iter()

@@ -111,54 +111,70 @@ pub fn on_request_headers(host: &dyn Host, shared: &RefCell<Shared>, context_id:
     decide_and_apply(host, shared, context_id, now_ms, now_ms)
 }
 
-/// Re-decides held requests from the root: all of them (keys arrived or a fetch failed), or
-/// only those held too long (they are decided with the keys at hand: fail closed).
-pub fn release_held(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64, expired_only: bool) {
-    let (held, root) = {
-        let mut s = shared.borrow_mut();
-        let held = if expired_only {
-            s.held.take_expired(now_ms)
-        } else {
-            s.held.take_all()
-        };
-        (held, s.root_context)
-    };
+/// Acts on each of `held` in its own context (skipping requests whose client hung up), then
+/// gives the effective context back to the root.
+fn for_each_held(
+    host: &dyn Host,
+    shared: &RefCell<Shared>,
+    held: Vec<Held>,
+    mut act: impl FnMut(Held),
+) {
     if held.is_empty() {
         return;
     }
-    for Held {
-        context_id,
-        since_ms,
-    } in held
-    {
-        if host.set_effective_context(context_id).is_err() {
-            continue; // the client hung up
-        }
-        if expired_only {
-            shared.borrow().metrics.bump(host, Counter::HoldExpired);
-        }
-        let verdict = decide_and_apply(host, shared, context_id, now_ms, since_ms);
-        if verdict == Verdict::Continue && host.resume_request().is_err() {
-            log::warn!("claimgate: a released request could not be resumed");
+    let root = shared.borrow().root_context;
+    for request in held {
+        if host.set_effective_context(request.context_id).is_ok() {
+            act(request);
         }
     }
     let _ = host.set_effective_context(root);
+}
+
+/// Decides a request again (it was held) and resumes it when it may pass.
+fn redecide(host: &dyn Host, shared: &RefCell<Shared>, request: Held, now_ms: u64) {
+    let verdict = decide_and_apply(host, shared, request.context_id, now_ms, request.since_ms);
+    if verdict == Verdict::Continue && host.resume_request().is_err() {
+        log::warn!("claimgate: a released request could not be resumed");
+    }
+}
+
+/// Re-decides held requests from the root: all of them (keys arrived or a fetch failed), or
+/// only those held too long (they are decided with the keys at hand: fail closed).
+pub fn release_held(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64, expired_only: bool) {
+    let held = {
+        let mut s = shared.borrow_mut();
+        if expired_only {
+            s.held.take_expired(now_ms)
+        } else {
+            s.held.take_all()
+        }
+    };
+    for_each_held(host, shared, held, |request| {
+        if expired_only {
+            shared.borrow().metrics.bump(host, Counter::HoldExpired);
+        }
+        redecide(host, shared, request, now_ms);
+    });
 }
 
 /// The root context is going away (a new policy replaced it): nothing will release its held
 /// requests any more, so they are decided now with the keys at hand.
 pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     let held = shared.borrow_mut().held.take_all();
-    for Held { context_id, .. } in held {
-        if host.set_effective_context(context_id).is_err() {
-            continue;
-        }
+    for_each_held(host, shared, held, |request| {
         // `since` far enough in the past that the request is not held again.
         let since_ms = now_ms.saturating_sub(HOLD_MAX_MS);
-        if decide_and_apply(host, shared, context_id, now_ms, since_ms) == Verdict::Continue {
-            let _ = host.resume_request();
-        }
-    }
+        redecide(
+            host,
+            shared,
+            Held {
+                since_ms,
+                ..request
+            },
+            now_ms,
+        );
+    });
 }
 
 /// 503 `clock_unavailable` for the current request.
@@ -177,19 +193,10 @@ fn refuse_without_clock(host: &dyn Host, shared: &RefCell<Shared>) -> Verdict {
 
 /// The clock failed at the root's tick: every held request is refused (503).
 pub fn refuse_held_without_clock(host: &dyn Host, shared: &RefCell<Shared>) {
-    let (held, root) = {
-        let mut s = shared.borrow_mut();
-        (s.held.take_all(), s.root_context)
-    };
-    if held.is_empty() {
-        return;
-    }
-    for Held { context_id, .. } in held {
-        if host.set_effective_context(context_id).is_ok() {
-            refuse_without_clock(host, shared);
-        }
-    }
-    let _ = host.set_effective_context(root);
+    let held = shared.borrow_mut().held.take_all();
+    for_each_held(host, shared, held, |_| {
+        refuse_without_clock(host, shared);
+    });
 }
 
 /// A request's stream ended: it is no longer held.

@@ -141,29 +141,37 @@ impl Evaluation<'_, '_, '_, '_> {
         }
     }
 
-    /// The one combine step over a set of matched rules.
-    fn combine<'m>(&mut self, matched: &[&'m Matched], label: &'static str) -> Combined<'m> {
+    /// The one combine step over the matched rules `counts` selects (the enforcing ones, or
+    /// all of them for the audit shadow). Iterates the matches a few times instead of
+    /// collecting partitions: the common request matches one or two rules.
+    fn combine<'m>(
+        &mut self,
+        matched: &'m [Matched],
+        counts: impl Fn(&CompiledRule) -> bool,
+        label: &'static str,
+    ) -> Combined<'m> {
         let engine = self.engine;
-        let rule_of = |m: &Matched| engine.policy.rules.get(m.rule as usize);
-        let is_deny = |m: &&&Matched| rule_of(m).is_some_and(|r| r.effect == Effect::Deny);
-        let default = |engine: &Engine| match engine.policy.default {
-            DefaultAction::Allow => Ok(()),
-            DefaultAction::Deny => Err(DenyReason::NoRuleMatched),
+        let rules = || {
+            matched.iter().filter_map(|m| {
+                let rule = engine.policy.rules.get(m.rule as usize)?;
+                counts(rule).then_some((m, rule))
+            })
         };
-        if matched.is_empty() {
-            return Combined {
-                outcome: default(engine),
-                decider: None,
-            };
-        }
-        // Deny rules first; unconditional ones need no token at all.
+        let default = Combined {
+            outcome: match engine.policy.default {
+                DefaultAction::Allow => Ok(()),
+                DefaultAction::Deny => Err(DenyReason::NoRuleMatched),
+            },
+            decider: None,
+        };
+        let is_deny = |rule: &CompiledRule| rule.effect == Effect::Deny;
+        let is_anyone = |rule: &CompiledRule| rule.principal == Principal::Anyone;
+        // Deny rules first; unconditional ones need no token at all, so they go first.
+        let denies = rules()
+            .filter(|(_, r)| is_deny(r) && is_anyone(r))
+            .chain(rules().filter(|(_, r)| is_deny(r) && !is_anyone(r)));
         let mut indeterminate_deny: Option<(&Matched, DenyReason)> = None;
-        let (unconditional, conditional): (Vec<&&Matched>, Vec<&&Matched>) = matched
-            .iter()
-            .filter(is_deny)
-            .partition(|m| rule_of(m).is_some_and(|r| r.principal == Principal::Anyone));
-        for deny in unconditional.into_iter().chain(conditional) {
-            let Some(rule) = rule_of(deny) else { continue };
+        for (deny, rule) in denies {
             match self.standing(deny, rule) {
                 Standing::Applies => {
                     record(&mut self.trace, label, false, || {
@@ -183,9 +191,7 @@ impl Evaluation<'_, '_, '_, '_> {
                             rule.name
                         )
                     });
-                    if indeterminate_deny.is_none() {
-                        indeterminate_deny = Some((deny, reason));
-                    }
+                    indeterminate_deny.get_or_insert((deny, reason));
                 }
                 Standing::DoesNotApply(_) => record(&mut self.trace, label, true, || {
                     format!("deny rule `{}` does not name this caller", rule.name)
@@ -198,24 +204,14 @@ impl Evaluation<'_, '_, '_, '_> {
                 decider: Some(deny),
             };
         }
-        let allows: Vec<&Matched> = matched.iter().filter(|m| !is_deny(m)).copied().collect();
-        if allows.is_empty() {
-            // Only deny rules matched and none applies: as if nothing had matched.
-            return Combined {
-                outcome: default(engine),
-                decider: None,
-            };
+        // Only deny rules matched (or none) and none applies: as if nothing had matched.
+        if !rules().any(|(_, r)| !is_deny(r)) {
+            return default;
         }
         // Public rules first: they need no token.
-        let (public, conditional): (Vec<&Matched>, Vec<&Matched>) = allows
-            .iter()
-            .partition(|m| rule_of(m).is_some_and(|r| r.principal == Principal::Anyone));
-        if let Some(public) = public.first() {
+        if let Some((public, rule)) = rules().find(|(_, r)| !is_deny(r) && is_anyone(r)) {
             record(&mut self.trace, label, true, || {
-                format!(
-                    "rule `{}` lets anyone through",
-                    rule_of(public).map_or("", |r| r.name.as_str())
-                )
+                format!("rule `{}` lets anyone through", rule.name)
             });
             return Combined {
                 outcome: Ok(()),
@@ -223,8 +219,7 @@ impl Evaluation<'_, '_, '_, '_> {
             };
         }
         let mut refusal: Option<(&Matched, DenyReason)> = None;
-        for allow in conditional {
-            let Some(rule) = rule_of(allow) else { continue };
+        for (allow, rule) in rules().filter(|(_, r)| !is_deny(r)) {
             match self.standing(allow, rule) {
                 Standing::Applies => {
                     record(&mut self.trace, label, true, || {
@@ -365,13 +360,6 @@ impl Engine {
                 )
             });
         }
-        let is_audit = |m: &Matched| {
-            self.policy
-                .rules
-                .get(m.rule as usize)
-                .is_some_and(|r| r.audit)
-        };
-        let enforcing: Vec<&Matched> = matched.iter().filter(|m| !is_audit(m)).collect();
         let mut evaluation = Evaluation {
             engine: self,
             token: self.bearer_token(request),
@@ -379,15 +367,20 @@ impl Engine {
             authenticate,
             trace,
         };
-        let enforced = evaluation.combine(&enforcing, "rule");
+        let enforced = evaluation.combine(&matched, |rule| !rule.audit, "rule");
         // Only the enforcing rules' verification of the caller reaches the upstream.
         let identity = match &evaluation.caller {
             Caller::Verified(identity) => Some(identity.clone()),
             _ => None,
         };
-        let shadow = matched.iter().any(is_audit).then(|| {
-            let all: Vec<&Matched> = matched.iter().collect();
-            let shadow = evaluation.combine(&all, "audit rule");
+        let audit_matched = matched.iter().any(|m| {
+            self.policy
+                .rules
+                .get(m.rule as usize)
+                .is_some_and(|r| r.audit)
+        });
+        let shadow = audit_matched.then(|| {
+            let shadow = evaluation.combine(&matched, |_| true, "audit rule");
             Shadow {
                 allowed: shadow.outcome.is_ok(),
                 reason: shadow.outcome.err(),
