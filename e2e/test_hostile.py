@@ -34,7 +34,7 @@ REMOTE = "https://remote.example.com"
 AUD = "azureml-scoring"
 HMAC_SECRET = b"hostile-suite-hmac-secret-32byte"
 
-POLICY = """
+ISSUERS = """
 version = 1
 name = "hostile-e2e"
 
@@ -63,60 +63,9 @@ uri     = "http://127.0.0.1:{jwks_port}/keys"
 cluster = "jwks"
 refresh = "10m"
 
-[[rules]]
-name    = "score"
-methods = ["POST"]
-paths   = ["/score"]
-allow   = {{ roles_any = ["ml-scorer"] }}
-
-[[rules]]
-name  = "kserve"
-paths = ["/v1/models/{{model}}:predict"]
-allow = {{ roles_any = ["ml-scorer"] }}
-
-[[rules]]
-name  = "legacy"
-paths = ["/v1/models/legacy:predict"]
-deny  = "anyone"
-
-[[rules]]
-name  = "public"
-paths = ["/health", "/public/*"]
-allow = "anyone"
-
-[[rules]]
-name  = "admin"
-paths = ["/admin/*"]
-deny  = "anyone"
-
-[[rules]]
-name    = "no-delete"
-methods = ["DELETE"]
-paths   = ["/models/*"]
-deny    = "anyone"
-
-[[rules]]
-name  = "models"
-paths = ["/models/*"]
-allow = "anyone"
-
-[[rules]]
-name  = "secure-host"
-hosts = ["secure.example.com"]
-paths = ["/internal/*"]
-deny  = "anyone"
-
-[[rules]]
-name  = "internal"
-paths = ["/internal/*"]
-allow = "anyone"
-
-[[rules]]
-name    = "blue"
-paths   = ["/deploy"]
-headers = {{ "azureml-model-deployment" = "blue" }}
-allow   = "anyone"
 """
+# The rules both hostile suites judge (core/tests/hostile.rs includes the same file).
+RULES = (Path(__file__).resolve().parent.parent / "core" / "tests" / "hostile-rules.toml").read_text()
 
 
 def b64(data):
@@ -304,7 +253,7 @@ def gate(request):
     recorder = Recorder()
     upstream = h.Upstream()
     policy = work / "policy.toml"
-    policy.write_text(POLICY.format(kc=KC, hs=HS, remote=REMOTE, aud=AUD, secret=b64(HMAC_SECRET), jwks_port=key_server.port))
+    policy.write_text(ISSUERS.format(kc=KC, hs=HS, remote=REMOTE, aud=AUD, secret=b64(HMAC_SECRET), jwks_port=key_server.port) + RULES)
     plugin_config = h.compile_policy(policy)
     config = h.envoy_config(plugin_config, h.free_port(), h.free_port(), upstream.port, key_server.port)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

@@ -34,7 +34,8 @@ const HS: &str = "https://hs.example.com";
 const AUD: &str = "azureml-scoring";
 const HMAC_SECRET: &[u8; 32] = b"hostile-suite-hmac-secret-32byte";
 
-const POLICY: &str = r#"
+/// The issuers of the hostile policy; its rules are shared with the real-Envoy suite.
+const ISSUERS: &str = r#"
 version = 1
 name = "hostile"
 
@@ -53,60 +54,15 @@ algorithms = ["HS256"]
 hmac_secret = "@SECRET@"
 roles = ["roles"]
 
-[[rules]]
-name = "score"
-methods = ["POST"]
-paths = ["/score"]
-allow = { roles_any = ["ml-scorer"] }
-
-[[rules]]
-name = "kserve"
-paths = ["/v1/models/{model}:predict"]
-allow = { roles_any = ["ml-scorer"] }
-
-[[rules]]
-name = "legacy"
-paths = ["/v1/models/legacy:predict"]
-deny = "anyone"
-
-[[rules]]
-name = "public"
-paths = ["/health", "/public/*"]
-allow = "anyone"
-
-[[rules]]
-name = "admin"
-paths = ["/admin/*"]
-deny = "anyone"
-
-[[rules]]
-name = "no-delete"
-methods = ["DELETE"]
-paths = ["/models/*"]
-deny = "anyone"
-
-[[rules]]
-name = "models"
-paths = ["/models/*"]
-allow = "anyone"
-
-[[rules]]
-name = "secure-host"
-hosts = ["secure.example.com"]
-paths = ["/internal/*"]
-deny = "anyone"
-
-[[rules]]
-name = "internal"
-paths = ["/internal/*"]
-allow = "anyone"
-
-[[rules]]
-name = "blue"
-paths = ["/deploy"]
-headers = { "azureml-model-deployment" = "blue" }
-allow = "anyone"
 "#;
+
+/// The rules both hostile suites judge (`e2e/test_hostile.py` reads the same file).
+const RULES: &str = include_str!("hostile-rules.toml");
+
+/// The whole hostile policy.
+fn policy() -> String {
+    format!("{ISSUERS}{RULES}")
+}
 
 /// Signing keys, made once (RSA generation is slow).
 struct Keys {
@@ -153,7 +109,7 @@ fn engine_for(policy: &str) -> Result<Engine, String> {
 }
 
 fn engine() -> Engine {
-    engine_for(POLICY).unwrap()
+    engine_for(&policy()).unwrap()
 }
 
 /// Claims of a token the policy accepts for `/score`; `extra` overrides, `null` removes.
@@ -1510,7 +1466,7 @@ fn encoded_paths_and_path_parameters() {
     }
     check(&e, cases);
     // `path_parameters = "strip"`: each segment's `;…` is removed before matching.
-    let strip = engine_for(&POLICY.replacen(
+    let strip = engine_for(&policy().replacen(
         "version = 1\n",
         "version = 1\npath_parameters = \"strip\"\n",
         1,
@@ -1605,7 +1561,7 @@ fn compiler_refuses_unmatchable_rule_headers() {
     // (the filter converts non-UTF-8 lossily): a rule naming either could never match as
     // written, so the compiler refuses it.
     let compile_err = |rule_headers: &str| {
-        let policy = POLICY.replace(
+        let policy = policy().replace(
             r#"headers = { "azureml-model-deployment" = "blue" }"#,
             rule_headers,
         );
@@ -1620,5 +1576,5 @@ fn compiler_refuses_unmatchable_rule_headers() {
         let error = compile_err(headers).unwrap_or_else(|| panic!("compiled: {headers}"));
         assert!(error.contains("header"), "{headers}: {error}");
     }
-    assert!(engine_for(POLICY).is_ok());
+    assert!(engine_for(&policy()).is_ok());
 }
