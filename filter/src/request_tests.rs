@@ -42,6 +42,20 @@ fn ready(key: &Key) -> (MockHost, Rc<RefCell<Shared>>) {
     ready_with(POLICY, &[key])
 }
 
+/// A root whose first fetch is under way, and request 2 (a valid token for `/score`) held
+/// until it answers.
+fn held_before_the_first_keys() -> (MockHost, Rc<RefCell<Shared>>, Key) {
+    let host = MockHost::new(NOW_MS);
+    let shared = testing::configured(&host, POLICY);
+    let key = Key::new("k1");
+    let t = token(&key, &[]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Held
+    );
+    (host, shared, key)
+}
+
 /// A root for `policy` whose first fetch installed `keys`.
 fn ready_with(policy: &str, keys: &[&Key]) -> (MockHost, Rc<RefCell<Shared>>) {
     let host = MockHost::new(NOW_MS);
@@ -219,14 +233,7 @@ fn failing_host_calls_fail_closed() {
 
 #[test]
 fn held_for_the_first_keys_then_released() {
-    let key = Key::new("k1");
-    let host = MockHost::new(NOW_MS);
-    let shared = testing::configured(&host, POLICY);
-    let t = token(&key, &[]);
-    assert_eq!(
-        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
-        Verdict::Held
-    );
+    let (host, shared, key) = held_before_the_first_keys();
     let first = host.callouts()[0].clone();
     assert_eq!(first.context, ROOT);
     assert_eq!(
@@ -251,14 +258,7 @@ fn held_for_the_first_keys_then_released() {
 
 #[test]
 fn held_until_the_fetch_deadline_when_keys_never_come() {
-    let key = Key::new("k1");
-    let host = MockHost::new(NOW_MS);
-    let shared = testing::configured(&host, POLICY);
-    let t = token(&key, &[]);
-    assert_eq!(
-        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
-        Verdict::Held
-    );
+    let (host, shared, _) = held_before_the_first_keys();
     let deadline = NOW_MS + host.callouts()[0].timeout_ms + DEADLINE_MARGIN_MS;
     host.set_now(Some(deadline));
     host.enter(ROOT);
@@ -609,14 +609,7 @@ fn bad_key_set_answers_keep_the_last_good_keys_with_one_warning() {
 
 #[test]
 fn held_requests_are_answered_when_the_root_goes_away() {
-    let key = Key::new("k1");
-    let host = MockHost::new(NOW_MS);
-    let shared = testing::configured(&host, POLICY);
-    let t = token(&key, &[]);
-    assert_eq!(
-        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
-        Verdict::Held
-    );
+    let (host, shared, _) = held_before_the_first_keys();
     host.enter(ROOT);
     root::done(&host, &shared);
     assert_eq!(error_of(&host, 2), (503, "keys_unavailable".to_owned()));
@@ -736,14 +729,7 @@ fn a_kidless_token_with_several_candidate_keys_is_refused_without_a_refetch() {
 #[test]
 fn a_clock_that_fails_at_the_tick_refuses_held_requests_and_logs_once() {
     capture_logs();
-    let key = Key::new("k1");
-    let host = MockHost::new(NOW_MS);
-    let shared = testing::configured(&host, POLICY);
-    let t = token(&key, &[]);
-    assert_eq!(
-        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
-        Verdict::Held
-    );
+    let (host, shared, _) = held_before_the_first_keys();
     host.set_now(None);
     for _ in 0..5 {
         host.enter(ROOT);
