@@ -232,6 +232,8 @@ pub struct SkippedKeys {
     pub by_kind: Vec<(&'static str, usize)>,
     /// The first few keys left out.
     pub first: Vec<SkippedKey>,
+    /// How many of them are encryption keys (`use` = `enc`).
+    pub encryption: usize,
 }
 
 impl SkippedKeys {
@@ -240,8 +242,19 @@ impl SkippedKeys {
         self.count == 0
     }
 
+    /// Whether every key left out is an encryption key (`use` = `enc`): what Keycloak and
+    /// other providers publish beside their signing keys, so expected rather than suspicious.
+    /// Reported as a note (compile time) or at info (run time), never as a warning that would
+    /// fire on every refresh under Istio's default `warning` log level.
+    pub fn only_encryption_keys(&self) -> bool {
+        self.count > 0 && self.encryption == self.count
+    }
+
     fn add(&mut self, index: usize, kid: Option<&str>, error: JwkError) {
         self.count += 1;
+        if matches!(&error, JwkError::NotForSignatures(usage) if usage == "enc") {
+            self.encryption += 1;
+        }
         match self
             .by_kind
             .iter_mut()
@@ -868,6 +881,31 @@ mod tests {
             Err(JwksError::TooManyKeys {
                 count: MAX_JWKS_KEYS + 1
             })
+        );
+    }
+
+    #[test]
+    fn encryption_keys_alone_are_told_apart_from_other_skipped_keys() {
+        let sig = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let enc = r#"{"kty":"RSA","kid":"enc-1","use":"enc","n":"AQAB","e":"AQAB"}"#;
+        let keycloak = parse_jwks(&format!(r#"{{"keys":[{enc},{sig}]}}"#)).unwrap();
+        assert!(keycloak.skipped.only_encryption_keys());
+        let odd_use = parse_jwks(&format!(
+            r#"{{"keys":[{},{sig}]}}"#,
+            enc.replace("enc", "wrap")
+        ))
+        .unwrap();
+        assert!(!odd_use.skipped.only_encryption_keys());
+        let mixed = parse_jwks(&format!(
+            r#"{{"keys":[{enc},{{"kty":"oct","k":"AAAA"}},{sig}]}}"#
+        ))
+        .unwrap();
+        assert!(!mixed.skipped.only_encryption_keys());
+        assert!(
+            !parse_jwks(&format!(r#"{{"keys":[{sig}]}}"#))
+                .unwrap()
+                .skipped
+                .only_encryption_keys()
         );
     }
 

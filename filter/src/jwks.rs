@@ -410,8 +410,15 @@ pub fn on_answer(
     match read_answer(host, body_size) {
         Ok(jwks) => {
             if !jwks.skipped.is_empty() {
-                // One line per fetch, however many keys were left out (bounded by the core).
-                log::warn!(
+                // One line per fetch, however many keys were left out (bounded by the core);
+                // encryption keys alone are expected (Keycloak publishes one) and logged at info.
+                let level = if jwks.skipped.only_encryption_keys() {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
                     "claimgate: issuer `{}`: {}",
                     bounded(&config.name, 64),
                     bounded(&jwks.skipped.to_string(), 1_000)

@@ -608,6 +608,57 @@ fn bad_key_set_answers_keep_the_last_good_keys_with_one_warning() {
 }
 
 #[test]
+fn an_encryption_key_beside_the_signing_keys_is_logged_at_info_not_warned() {
+    // Keycloak's key set as served: an RSA-OAEP `use: enc` key beside the signing key. Under
+    // Istio's default `warning` level a warning here would fire on every refresh.
+    capture_logs();
+    let k1 = Key::new("k1");
+    let (host, shared) = ready(&k1);
+    let enc = r#"{"kty":"RSA","kid":"enc-1","use":"enc","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"}"#;
+    let now = NOW_MS + 700_000;
+    host.set_now(Some(now));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let call = host.callouts().last().unwrap().clone();
+    capture_logs();
+    let keycloak = format!(r#"{{"keys":[{enc},{}]}}"#, k1.jwk());
+    deliver(&host, &shared, call.token, Some("200"), &keycloak);
+    let lines = logged();
+    assert!(
+        lines.iter().all(|(level, _)| *level != log::Level::Warn),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(level, line)| *level == log::Level::Info && line.contains("`use` is `enc`")),
+        "{lines:?}"
+    );
+    // Any other skipped key beside it is still a warning.
+    host.set_now(Some(now + 700_000));
+    host.enter(ROOT);
+    root::tick(&host, &shared);
+    let call = host.callouts().last().unwrap().clone();
+    capture_logs();
+    let mixed = format!(
+        r#"{{"keys":[{enc},{{"kty":"oct","k":"AAAA"}},{}]}}"#,
+        k1.jwk()
+    );
+    deliver(&host, &shared, call.token, Some("200"), &mixed);
+    let warnings = logged()
+        .into_iter()
+        .filter(|(level, _)| *level == log::Level::Warn)
+        .count();
+    assert_eq!(warnings, 1);
+    let issued = (now + 700_000) / 1000;
+    let t = token(&k1, &[("iat", json!(issued)), ("exp", json!(issued + 600))]);
+    assert_eq!(
+        run(&host, &shared, 2, &testing::request("/score", Some(&t))),
+        Verdict::Continue
+    );
+}
+
+#[test]
 fn held_requests_are_answered_when_the_root_goes_away() {
     let (host, shared, _) = held_before_the_first_keys();
     host.enter(ROOT);
