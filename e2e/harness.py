@@ -216,7 +216,7 @@ def serve(handler_class):
 
 
 class Envoy:
-    def __init__(self, binary, config, workdir, concurrency=1):
+    def __init__(self, binary, config, workdir, concurrency=1, log_args=("--log-level", "info")):
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
         self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
         path = Path(workdir) / "envoy.json"
@@ -224,7 +224,7 @@ class Envoy:
         self.log_path = Path(workdir) / "envoy.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [binary, "-c", str(path), "--concurrency", str(concurrency), "--log-level", "info", "--file-flush-interval-msec", "100", "--base-id", str(free_port())],
+            [binary, "-c", str(path), "--concurrency", str(concurrency), *log_args, "--file-flush-interval-msec", "100", "--base-id", str(free_port())],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

@@ -252,9 +252,9 @@ def test_stats_and_cache(mesh):
     for _ in range(3):
         assert score(mesh, token)[0] == 200
     stats = mesh["envoy"].stats()
-    hits = sum(int(v) for k, v in stats.items() if k.endswith("claimgate.token_cache.hit"))
+    hits = sum(int(v) for k, v in stats.items() if k.endswith("claimgate.token_cache_hit_total"))
     assert hits >= 2, stats
-    assert any(k.endswith("claimgate.denied.missing_role") for k in stats)
+    assert any(k.endswith("claimgate.reason=.=missing_role;.;denied_total") for k in stats)
     assert any(k.endswith("claimgate.policy_version") for k in stats)
 
 
@@ -287,7 +287,7 @@ def test_jwks_rotation_then_server_down_keeps_last_good_keys(mesh):
     assert (status, error_of(body)) == (401, "unknown_key")
     assert score(m, entra_token(m, kid="entra-2", oid="after-outage"))[0] == 200
     stats = m["envoy"].stats()
-    assert sum(int(v) for k, v in stats.items() if k.endswith("claimgate.jwks.fetch_failure")) >= 1
+    assert sum(int(v) for k, v in stats.items() if k.endswith("claimgate.jwks_fetch_failure_total")) >= 1
     m["jwks"].down = False
 
 

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 import harness as h
+import istio_telemetry
 import mesh
 
 ROOT = h.ROOT
@@ -42,7 +43,9 @@ def test_there_are_manifests_for_every_part():
 
 @pytest.mark.parametrize("name,doc", all_docs(), ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
 def test_manifest_is_valid(name, doc):
-    if doc["apiVersion"].split("/")[0] in ISTIO_GROUPS:
+    if doc["apiVersion"].split("/")[0] in istio_telemetry.GROUPS:
+        assert istio_telemetry.validate(doc) == []
+    elif doc["apiVersion"].split("/")[0] in ISTIO_GROUPS:
         assert mesh.validate(doc) == []
     else:
         assert kubernetes_problems(doc, [d for _, d in all_docs()]) == []

@@ -209,9 +209,9 @@ def test_soak(binary):
         "envoy": Path(binary).parts[-7], "seconds": round(elapsed, 1), "answered": answered, "rps": round(answered / elapsed),
         "p99_ms": p99_ms, "statuses": counts, "distinct_tokens": len(set(t for t, _ in mix)),
         "rss_mib_after_warmup": [round(min(steady) / 1024, 1), round(max(steady) / 1024, 1)], "rss_growth": round(growth, 4),
-        "rss_spread": round(spread, 4), "cache_hit": counter(stats, "claimgate.token_cache.hit"),
-        "cache_miss": counter(stats, "claimgate.token_cache.miss"), "negative_cache_hit": counter(stats, "claimgate.negative_cache.hit"),
-        "allowed": counter(stats, "claimgate.allowed"), "denied": sum(int(v) for k, v in stats.items() if ".claimgate.denied." in k),
+        "rss_spread": round(spread, 4), "cache_hit": counter(stats, "claimgate.token_cache_hit_total"),
+        "cache_miss": counter(stats, "claimgate.token_cache_miss_total"), "negative_cache_hit": counter(stats, "claimgate.negative_cache_hit_total"),
+        "allowed": counter(stats, "claimgate.allowed_total"), "denied": sum(int(v) for k, v in stats.items() if k.endswith(";.;denied_total")),
         "envoy_5xx": int(stats.get("http.soak.downstream_rq_5xx", 0)),
     }
     print("\nSOAK " + json.dumps(figures))

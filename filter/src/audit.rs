@@ -1,11 +1,19 @@
 //! The audit line: one structured log line per decision. Never the token; every field that
 //! comes from the request or the token is bounded in length (an 8 KiB `kid` or path costs at
 //! most a few hundred bytes of log).
+//!
+//! Levels: a deny, and a pass that audit mode or an audit rule would deny, are logged at
+//! `warn` — Istio runs its proxies at `warning`, and these are the lines an operator must
+//! see; an allow is logged at `info`. Envoy's level for the plugin (its `wasm` logger) is read
+//! from the host once per configuration and per tick, and a line Envoy would drop is never
+//! formatted. The complete trail, allows included, is in Envoy's access log through the
+//! filter state the request path sets (see `request::publish`).
 
 use serde::Serialize;
 
 use claimgate_core::engine::{Decision, Engine, Request};
 
+use crate::host::Host;
 use crate::jwks::bounded;
 
 /// Longest request field (method, host, request id…) copied into a line, in characters.
@@ -100,19 +108,234 @@ pub fn line(
     serde_json::to_string(&record).unwrap_or_else(|_| r#"{"decision":"unrecorded"}"#.to_owned())
 }
 
-/// Logs the line for a decision.
-pub fn record(engine: &Engine, request: &Request<'_>, decision: &Decision, fields: &Fields<'_>) {
-    log::info!(
+/// The level of a decision's line: `warn` for a deny or a would-deny, `info` for an allow.
+pub fn level(decision: &Decision) -> log::Level {
+    let would_deny = decision
+        .shadow
+        .as_ref()
+        .is_some_and(|shadow| !shadow.allowed);
+    if decision.reason.is_some() || would_deny {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    }
+}
+
+/// The level the host logs the plugin at now. A host that cannot say gets every line down
+/// to `info` (the trail is never lost to a failing call).
+pub fn host_level(host: &dyn Host) -> log::LevelFilter {
+    host.log_level().unwrap_or(log::LevelFilter::Info)
+}
+
+/// Logs the line for a decision, unless the host drops lines of its level (`host_level`, as
+/// read by [`host_level`]): then nothing is formatted. Returns whether a line was logged.
+pub fn record(
+    engine: &Engine,
+    request: &Request<'_>,
+    decision: &Decision,
+    fields: &Fields<'_>,
+    host_level: log::LevelFilter,
+) -> bool {
+    let level = level(decision);
+    if level > host_level {
+        return false;
+    }
+    log::log!(
+        level,
         "claimgate.audit {}",
         line(engine, request, decision, fields)
     );
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing;
+    use crate::host::mock::{MockHost, capture_logs, logged};
+    use crate::request::{Verdict, on_request_headers};
+    use crate::testing::{self, NOW_MS, POLICY, ROOT};
     use claimgate_core::engine::RemoteKeys;
+
+    /// proxy-wasm level numbers.
+    const INFO: u32 = 2;
+    const WARN: u32 = 3;
+    const ERROR: u32 = 4;
+
+    fn run(
+        host: &MockHost,
+        shared: &std::cell::RefCell<crate::state::Shared>,
+        context: u32,
+        path: &str,
+    ) -> Verdict {
+        let headers = testing::request(path, None);
+        let pairs: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        host.add_request(context, &pairs);
+        on_request_headers(host, shared, context)
+    }
+
+    fn audit_lines() -> Vec<(log::Level, serde_json::Value)> {
+        logged()
+            .iter()
+            .filter_map(|(level, line)| {
+                let json = line.strip_prefix("claimgate.audit ")?;
+                Some((*level, serde_json::from_str(json).unwrap()))
+            })
+            .collect()
+    }
+
+    fn property(host: &MockHost, context: u32, key: &str) -> Option<String> {
+        host.state
+            .borrow()
+            .properties
+            .iter()
+            .rev()
+            .find(|(c, k, _)| *c == context && k == key)
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn denies_show_at_istios_default_level_allows_only_when_asked() {
+        capture_logs();
+        let host = MockHost::new(NOW_MS);
+        host.state.borrow_mut().log_level = Some(WARN);
+        let shared = testing::configured(&host, POLICY);
+        assert_eq!(run(&host, &shared, 2, "/health"), Verdict::Continue);
+        assert_eq!(run(&host, &shared, 3, "/score"), Verdict::Replied);
+        let lines = audit_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, log::Level::Warn);
+        assert_eq!(lines[0].1["reason"], "no_token");
+
+        // The operator turns the plugin's level up (`/logging?wasm=info`): from the next tick,
+        // allows are logged too, at info.
+        capture_logs();
+        host.state.borrow_mut().log_level = Some(INFO);
+        host.enter(ROOT);
+        crate::root::tick(&host, &shared);
+        assert_eq!(run(&host, &shared, 4, "/health"), Verdict::Continue);
+        let lines = audit_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, log::Level::Info);
+        assert_eq!(lines[0].1["decision"], "allow");
+
+        // And down to `error`: no audit line at all.
+        capture_logs();
+        host.state.borrow_mut().log_level = Some(ERROR);
+        host.enter(ROOT);
+        crate::root::tick(&host, &shared);
+        assert_eq!(run(&host, &shared, 5, "/score"), Verdict::Replied);
+        assert_eq!(run(&host, &shared, 6, "/health"), Verdict::Continue);
+        assert!(audit_lines().is_empty(), "{:?}", logged());
+    }
+
+    #[test]
+    fn a_line_the_host_drops_is_never_formatted_and_one_it_keeps_always_is() {
+        let engine = testing::engine(testing::POLICY);
+        let headers = testing::request("/health", None);
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let request = Request {
+            method: "POST",
+            host: "scoring.test",
+            path: "/health",
+            headers: &pairs,
+        };
+        let allow = engine.decide(&request, testing::NOW, &RemoteKeys::default(), None);
+        let request = Request {
+            path: "/score",
+            ..request
+        };
+        let deny = engine.decide(&request, testing::NOW, &RemoteKeys::default(), None);
+        assert_eq!(
+            (level(&allow), level(&deny)),
+            (log::Level::Info, log::Level::Warn)
+        );
+        let fields = Fields {
+            request_id: None,
+            deployment: None,
+        };
+        for (host_level, logs_allow, logs_deny) in [
+            (log::LevelFilter::Off, false, false),
+            (log::LevelFilter::Error, false, false),
+            (log::LevelFilter::Warn, false, true),
+            (log::LevelFilter::Info, true, true),
+            (log::LevelFilter::Trace, true, true),
+        ] {
+            assert_eq!(
+                record(&engine, &request, &allow, &fields, host_level),
+                logs_allow,
+                "{host_level}"
+            );
+            assert_eq!(
+                record(&engine, &request, &deny, &fields, host_level),
+                logs_deny,
+                "{host_level}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_that_cannot_tell_its_level_gets_every_line_down_to_info() {
+        let host = MockHost::new(NOW_MS);
+        assert_eq!(host_level(&host), log::LevelFilter::Info);
+        host.state.borrow_mut().log_level = Some(WARN);
+        assert_eq!(host_level(&host), log::LevelFilter::Warn);
+        host.state.borrow_mut().log_level = Some(6);
+        assert_eq!(host_level(&host), log::LevelFilter::Off, "Envoy's `off`");
+        let host = host.failing("log_level");
+        assert_eq!(host_level(&host), log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn every_decision_reaches_the_access_log_through_filter_state() {
+        let host = MockHost::new(NOW_MS);
+        host.state.borrow_mut().log_level = Some(ERROR);
+        let shared = testing::configured(&host, POLICY);
+        assert_eq!(run(&host, &shared, 2, "/score"), Verdict::Replied);
+        assert_eq!(
+            property(&host, 2, "claimgate.decision").as_deref(),
+            Some("deny")
+        );
+        assert_eq!(
+            property(&host, 2, "claimgate.reason").as_deref(),
+            Some("no_token")
+        );
+        assert_eq!(
+            property(&host, 2, "claimgate.rule").as_deref(),
+            Some("score")
+        );
+        assert_eq!(run(&host, &shared, 3, "/nowhere"), Verdict::Replied);
+        assert_eq!(
+            property(&host, 3, "claimgate.decision").as_deref(),
+            Some("deny")
+        );
+        assert_eq!(
+            property(&host, 3, "claimgate.reason").as_deref(),
+            Some("no_rule")
+        );
+        assert_eq!(property(&host, 3, "claimgate.rule"), None);
+        assert_eq!(run(&host, &shared, 4, "/health"), Verdict::Continue);
+        assert_eq!(
+            property(&host, 4, "claimgate.decision").as_deref(),
+            Some("allow")
+        );
+        assert_eq!(
+            property(&host, 4, "claimgate.rule").as_deref(),
+            Some("health")
+        );
+        assert_eq!(property(&host, 4, "claimgate.reason"), None);
+        assert_eq!(property(&host, 4, "claimgate.subject"), None);
+    }
 
     #[test]
     fn bounded_fields_and_never_the_token() {

@@ -1,5 +1,13 @@
-//! The filter's metrics (Envoy stats under the plugin's prefix). Deny counters are defined from
-//! the core's `DenyReason::ALL_CODES`, so a new reason gets its counter with no change here.
+//! The filter's metrics (Envoy stats). Deny counters are defined from the core's
+//! `DenyReason::ALL_CODES`, so a new reason gets its counter with no change here.
+//!
+//! Names are chosen for Prometheus as Envoy and Istio expose them. Envoy files every Wasm
+//! metric under `wasmcustom.` and drops that prefix (and adds no `envoy_`) in
+//! `/stats/prometheus`; Istio's proxies keep stats starting `wasm` by default. Counters end in
+//! `_total`. A label is a tag Envoy extracts from the name: Istio's convention
+//! `<tag>=.=<value>;.;`, which `extraStatTags: [reason]` in the proxy config turns into the
+//! regex `(reason=\.=(.*?);\.;)`. So `claimgate.reason=.=no_token;.;denied_total` is exported
+//! as `claimgate_denied_total{reason="no_token"}` (see `manifests/telemetry.yaml`).
 
 use std::collections::HashMap;
 
@@ -7,6 +15,9 @@ use claimgate_core::DenyReason;
 use claimgate_core::engine::Engine;
 
 use crate::host::{Host, MetricKind};
+
+/// The tag that carries the deny reason (a Prometheus label once extracted).
+pub const REASON_TAG: &str = "reason";
 
 /// A counter the filter bumps (the deny counters aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,29 +44,48 @@ pub enum Counter {
 
 /// Every counter with its stat name: the one table.
 const COUNTERS: [(Counter, &str); 9] = [
-    (Counter::Allowed, "claimgate.allowed"),
-    (Counter::AuditWouldDeny, "claimgate.audit_would_deny"),
-    (Counter::CacheHit, "claimgate.token_cache.hit"),
-    (Counter::CacheMiss, "claimgate.token_cache.miss"),
-    (Counter::NegativeCacheHit, "claimgate.negative_cache.hit"),
-    (Counter::JwksFetchSuccess, "claimgate.jwks.fetch_success"),
-    (Counter::JwksFetchFailure, "claimgate.jwks.fetch_failure"),
-    (Counter::HoldExpired, "claimgate.hold.expired"),
-    (Counter::HostFailure, "claimgate.host_failure"),
+    (Counter::Allowed, "claimgate.allowed_total"),
+    (Counter::AuditWouldDeny, "claimgate.audit_would_deny_total"),
+    (Counter::CacheHit, "claimgate.token_cache_hit_total"),
+    (Counter::CacheMiss, "claimgate.token_cache_miss_total"),
+    (
+        Counter::NegativeCacheHit,
+        "claimgate.negative_cache_hit_total",
+    ),
+    (
+        Counter::JwksFetchSuccess,
+        "claimgate.jwks_fetch_success_total",
+    ),
+    (
+        Counter::JwksFetchFailure,
+        "claimgate.jwks_fetch_failure_total",
+    ),
+    (Counter::HoldExpired, "claimgate.hold_expired_total"),
+    (Counter::HostFailure, "claimgate.host_failure_total"),
 ];
+
+/// The policy version gauge: the first 8 hex digits of the policy digest, as a number.
+pub const POLICY_VERSION: &str = "claimgate.policy_version";
+
+/// The stat name of a counter.
+pub fn counter_name(counter: Counter) -> &'static str {
+    COUNTERS
+        .iter()
+        .find(|(c, _)| *c == counter)
+        .map_or("claimgate.unknown_total", |(_, name)| name)
+}
+
+/// The stat name of the deny counter of a reason code: `claimgate_denied_total` with the
+/// code in the `reason` tag.
+pub fn denied_name(code: &str) -> String {
+    format!("claimgate.{REASON_TAG}=.={code};.;denied_total")
+}
 
 /// Metric ids, defined once per root context.
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
-}
-
-fn name_of(counter: Counter) -> &'static str {
-    COUNTERS
-        .iter()
-        .find(|(c, _)| *c == counter)
-        .map_or("claimgate.unknown", |(_, name)| name)
 }
 
 impl Metrics {
@@ -71,8 +101,8 @@ impl Metrics {
         let denied = DenyReason::ALL_CODES
             .iter()
             .filter_map(|code| {
-                let name = format!("claimgate.denied.{code}");
-                Some((*code, host.define_metric(MetricKind::Counter, &name).ok()?))
+                let id = host.define_metric(MetricKind::Counter, &denied_name(code));
+                Some((*code, id.ok()?))
             })
             .collect();
         // The gauge carries the first 8 hex digits of the digest as a number.
@@ -82,7 +112,7 @@ impl Metrics {
             .get(..8)
             .unwrap_or("0");
         if let (Ok(id), Ok(value)) = (
-            host.define_metric(MetricKind::Gauge, "claimgate.policy_version"),
+            host.define_metric(MetricKind::Gauge, POLICY_VERSION),
             u64::from_str_radix(short, 16),
         ) {
             let _ = host.record_metric(id, value);
@@ -92,7 +122,7 @@ impl Metrics {
 
     /// Adds one to a counter.
     pub fn bump(&self, host: &dyn Host, counter: Counter) {
-        if let Some(id) = self.counters.get(name_of(counter)) {
+        if let Some(id) = self.counters.get(counter_name(counter)) {
             let _ = host.increment_metric(*id, 1);
         }
     }
@@ -111,6 +141,53 @@ mod tests {
     use crate::host::mock::MockHost;
     use crate::testing;
 
+    /// What Envoy does to a Wasm stat name for `/stats/prometheus` under Istio's
+    /// `extraStatTags: [reason]`: the tag `reason=.=VALUE;.;` taken out of the name (regex
+    /// `(reason=\.=(.*?);\.;)`, first group removed, second group the value), no
+    /// `wasmcustom.` namespace, every character outside `[a-zA-Z0-9_]` made `_`.
+    fn prometheus(name: &str) -> (String, Option<String>) {
+        let open = format!("{REASON_TAG}=.=");
+        let (name, value) = match name.split_once(&open) {
+            Some((before, rest)) => {
+                let (value, after) = rest.split_once(";.;").unwrap();
+                (format!("{before}{after}"), Some(value.to_owned()))
+            }
+            None => (name.to_owned(), None),
+        };
+        let sanitized = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        (sanitized, value)
+    }
+
+    #[test]
+    fn deny_counters_are_one_prometheus_counter_with_a_reason_label() {
+        for code in DenyReason::ALL_CODES {
+            assert!(
+                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "`{code}` cannot be a tag value"
+            );
+            let (name, reason) = prometheus(&denied_name(code));
+            assert_eq!(name, "claimgate_denied_total");
+            assert_eq!(reason.as_deref(), Some(*code));
+        }
+    }
+
+    #[test]
+    fn counters_are_prometheus_counters_without_tags() {
+        for (_, stat) in COUNTERS {
+            let (name, tag) = prometheus(stat);
+            assert!(
+                name.starts_with("claimgate_") && name.ends_with("_total"),
+                "{name}"
+            );
+            assert_eq!(name, stat.replace('.', "_"), "{stat} has a dot in its name");
+            assert_eq!(tag, None, "{stat}");
+        }
+        assert_eq!(prometheus(POLICY_VERSION).0, "claimgate_policy_version");
+    }
+
     #[test]
     fn every_deny_code_and_counter_has_a_metric() {
         let host = MockHost::new(testing::NOW_MS);
@@ -118,7 +195,7 @@ mod tests {
         let metrics = Metrics::define(&host, &engine);
         for code in DenyReason::ALL_CODES {
             assert!(
-                host.metric(&format!("claimgate.denied.{code}")).is_some(),
+                host.metric(&denied_name(code)).is_some(),
                 "{code} has no metric"
             );
         }
@@ -127,11 +204,11 @@ mod tests {
             assert_eq!(host.metric(name), Some(1), "{name}");
         }
         metrics.denied(&host, &DenyReason::NoToken);
-        assert_eq!(host.metric("claimgate.denied.no_token"), Some(1));
-        assert!(
-            host.metric("claimgate.policy_version")
-                .is_some_and(|v| v > 0)
+        assert_eq!(
+            host.metric("claimgate.reason=.=no_token;.;denied_total"),
+            Some(1)
         );
+        assert!(host.metric(POLICY_VERSION).is_some_and(|v| v > 0));
     }
 
     #[test]

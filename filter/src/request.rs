@@ -181,6 +181,8 @@ pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
 fn refuse_without_clock(host: &dyn Host, shared: &RefCell<Shared>) -> Verdict {
     let reason = DenyReason::ClockUnavailable;
     shared.borrow().metrics.denied(host, &reason);
+    let _ = host.set_property("claimgate.decision", b"deny");
+    let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
     let status = reason.response().status;
     send(
         host,
@@ -358,6 +360,7 @@ fn apply(
             request_id,
             deployment: headers.clean("azureml-model-deployment"),
         },
+        shared.borrow().log_level,
     );
     {
         let s = shared.borrow();
@@ -373,10 +376,14 @@ fn apply(
     }
     if decision.passes() {
         return match forward(host, engine, headers, decision) {
-            Ok(()) => Verdict::Continue,
+            Ok(()) => {
+                publish(host, decision);
+                Verdict::Continue
+            }
             Err(error) => fail(host, shared, "cannot set the identity headers", error),
         };
     }
+    publish(host, decision);
     let Some(reason) = &decision.reason else {
         return fail(
             host,
@@ -429,20 +436,31 @@ fn forward(
             host.remove_request_header(name.as_bytes())?;
         }
     }
+    Ok(())
+}
+
+/// The decision in the request's filter state, for Envoy's access log
+/// (`%FILTER_STATE(wasm.claimgate.decision:PLAIN)%`): every decision, passed or refused, so the
+/// access log holds the complete trail whatever Envoy's log level. `decision` (`allow`,
+/// `deny`, `audit_deny`) always; `reason` and `rule` when there is one; `subject` and
+/// `issuer` for a verified caller. Values from the token are encoded, so a claim cannot forge
+/// log lines. Best effort: the decision does not depend on it.
+fn publish(host: &dyn Host, decision: &Decision) {
+    let _ = host.set_property("claimgate.decision", decision.outcome().as_bytes());
+    if let Some(reason) = &decision.reason {
+        let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
+    }
+    if let Some(rule) = decision.rule.as_deref() {
+        let _ = host.set_property("claimgate.rule", encode_value(rule).as_bytes());
+    }
     if let Some(identity) = &decision.identity {
-        let rule = decision.rule.as_deref().unwrap_or("");
-        // For Envoy's access log (`%FILTER_STATE(wasm.claimgate.subject:PLAIN)%`): encoded
-        // too, so a claim cannot forge log lines. Best effort: the decision does not depend on it.
         for (key, value) in [
             ("claimgate.subject", identity.subject.as_str()),
             ("claimgate.issuer", identity.issuer.as_str()),
-            ("claimgate.rule", rule),
         ] {
             let _ = host.set_property(key, encode_value(value).as_bytes());
         }
     }
-    let _ = host.set_property("claimgate.decision", decision.outcome().as_bytes());
-    Ok(())
 }
 
 fn json(text: &str) -> String {
@@ -474,6 +492,8 @@ fn send(
 /// The host failed the filter: fail closed with a 500.
 fn fail(host: &dyn Host, shared: &RefCell<Shared>, what: &str, error: HostError) -> Verdict {
     log::error!("claimgate: {what} ({error}): request refused");
+    let _ = host.set_property("claimgate.decision", b"error");
+    let _ = host.set_property("claimgate.reason", b"filter_error");
     shared.borrow().metrics.bump(host, Counter::HostFailure);
     send(host, shared, 500, &[], &error_body("filter_error", 500))
 }

@@ -10,6 +10,7 @@ use super::*;
 use crate::hold::MAX_HELD;
 use crate::host::mock::{MockHost, capture_logs, logged};
 use crate::jwks::{DEADLINE_MARGIN_MS, REFETCH_MIN_INTERVAL_MS, TICK_MS};
+use crate::metrics::{counter_name, denied_name};
 use crate::root;
 use crate::testing::{self, Key, NOW_MS, POLICY, ROOT};
 
@@ -110,7 +111,7 @@ fn a_valid_token_passes_with_encoded_identity_headers() {
         host.header(2, "x-claimgate-roles").unwrap(),
         b"ml-scorer,viewer%2Cml-admin"
     );
-    assert_eq!(host.metric("claimgate.allowed"), Some(1));
+    assert_eq!(host.metric(counter_name(Counter::Allowed)), Some(1));
 }
 
 #[test]
@@ -183,7 +184,7 @@ fn an_unreadable_or_unbelievable_clock_fails_closed() {
         );
         assert_eq!(error_of(&host, 2), (503, "clock_unavailable".to_owned()));
     }
-    assert_eq!(host.metric("claimgate.denied.clock_unavailable"), Some(2));
+    assert_eq!(host.metric(&denied_name("clock_unavailable")), Some(2));
     // Even an expired token would have passed with `now = 0`; a public path is refused too.
     assert_eq!(
         run(&host, &shared, 3, &testing::request("/health", None)),
@@ -292,7 +293,7 @@ fn held_past_the_hold_limit_fails_closed() {
     host.enter(ROOT);
     root::tick(&host, &shared);
     assert_eq!(error_of(&host, 2), (503, "keys_unavailable".to_owned()));
-    assert_eq!(host.metric("claimgate.hold.expired"), Some(1));
+    assert_eq!(host.metric(counter_name(Counter::HoldExpired)), Some(1));
 }
 
 #[test]
@@ -394,7 +395,10 @@ fn a_refetch_answer_that_never_comes_is_reclaimed() {
     host.enter(ROOT);
     root::tick(&host, &shared);
     assert_eq!(error_of(&host, 2), (401, "unknown_key".to_owned()));
-    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(1));
+    assert_eq!(
+        host.metric(counter_name(Counter::JwksFetchFailure)),
+        Some(1)
+    );
     // Refresh is alive: after the backoff and the refetch interval, another unknown kid
     // gets a fetch, whose answer is used.
     now += REFETCH_MIN_INTERVAL_MS;
@@ -456,14 +460,20 @@ fn the_regular_refresh_survives_a_lost_answer() {
         &testing::jwks(&[&k1]),
     );
     assert_ne!(callouts.last().unwrap().token, first.token);
-    assert_eq!(host.metric("claimgate.jwks.fetch_success"), Some(1));
+    assert_eq!(
+        host.metric(counter_name(Counter::JwksFetchSuccess)),
+        Some(1)
+    );
 }
 
 #[test]
 fn a_failing_dispatch_backs_off() {
     let host = MockHost::new(NOW_MS).failing("dispatch_http_call");
     let shared = testing::configured(&host, POLICY);
-    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(1));
+    assert_eq!(
+        host.metric(counter_name(Counter::JwksFetchFailure)),
+        Some(1)
+    );
     // Backoff 1 s, 2 s, 4 s: in 7.5 s, three more attempts, not seven.
     let mut now = NOW_MS;
     for _ in 0..15 {
@@ -472,7 +482,10 @@ fn a_failing_dispatch_backs_off() {
         host.enter(ROOT);
         root::tick(&host, &shared);
     }
-    assert_eq!(host.metric("claimgate.jwks.fetch_failure"), Some(4));
+    assert_eq!(
+        host.metric(counter_name(Counter::JwksFetchFailure)),
+        Some(4)
+    );
 }
 
 #[test]
@@ -494,8 +507,11 @@ fn failed_tokens_are_remembered_until_keys_change() {
         );
         assert_eq!(error_of(&host, context), (401, "bad_signature".to_owned()));
     }
-    assert_eq!(host.metric("claimgate.negative_cache.hit"), Some(1));
-    assert_eq!(host.metric("claimgate.token_cache.miss"), Some(1));
+    assert_eq!(
+        host.metric(counter_name(Counter::NegativeCacheHit)),
+        Some(1)
+    );
+    assert_eq!(host.metric(counter_name(Counter::CacheMiss)), Some(1));
     // The issuer publishes new keys: failures are forgotten.
     host.set_now(Some(NOW_MS + 600_000));
     host.enter(ROOT);
@@ -701,7 +717,7 @@ fn an_audit_rule_that_would_deny_is_logged_and_counted_never_enforced() {
         Verdict::Replied
     );
     assert_eq!(error_of(&host, 3), (401, "no_token".to_owned()));
-    assert_eq!(host.metric("claimgate.audit_would_deny"), Some(1));
+    assert_eq!(host.metric(counter_name(Counter::AuditWouldDeny)), Some(1));
     let audit: Vec<Value> = logged()
         .iter()
         .filter_map(|(_, line)| line.strip_prefix("claimgate.audit "))

@@ -21,7 +21,9 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
     };
     let engine = claimgate_core::blob::engine_from_plugin_config(&config)
         .map_err(|error| format!("pluginConfig refused: {error}"))?;
-    log::info!(
+    // At warn: Istio's proxies log at `warning`, and which policy runs is what an operator
+    // asks first (once per configuration and worker).
+    log::warn!(
         "claimgate: policy `{}` version {} active ({} rules, {} issuers)",
         jwks::bounded(&engine.policy().name, 64),
         engine.digest(),
@@ -46,6 +48,8 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
 
 /// The root's tick.
 pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
+    // An operator may change Envoy's log level at any time (`/logging?wasm=info`).
+    shared.borrow_mut().log_level = crate::audit::host_level(host);
     let Some(now_ms) = clock(host) else {
         // No clock, no schedule: held requests are refused now (they would wait forever),
         // the tick goes back to its regular pace, and the failure is logged once.

@@ -39,6 +39,9 @@ pub struct Shared {
     pub last_clock_ms: u64,
     /// Whether the last tick found no clock (its warning is logged once).
     pub clock_failing: bool,
+    /// Envoy's log level for the plugin, read at configuration and at every tick: audit
+    /// lines below it are not formatted.
+    pub log_level: log::LevelFilter,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Shared {
             fast_tick: false,
             last_clock_ms: 0,
             clock_failing: false,
+            log_level: crate::audit::host_level(host),
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct State {
     pub body_reads: Vec<usize>,
     /// Defined metrics by id (index): name, kind, value.
     pub metrics: Vec<(String, MetricKind, u64)>,
+    /// The host's log level (proxy-wasm number); `None`: the call fails, as on a host
+    /// without it.
+    pub log_level: Option<u32>,
     /// Names of host calls that fail (`"send_reply"`, `"dispatch_http_call"`…).
     pub failing: HashSet<&'static str>,
 }
@@ -382,6 +385,12 @@ impl Host for MockHost {
             .ok_or(HostError::Status(1))?;
         metric.2 = metric.2.saturating_add_signed(delta);
         Ok(())
+    }
+
+    fn log_level(&self) -> Result<log::LevelFilter, HostError> {
+        self.check("log_level")?;
+        let level = self.state.borrow().log_level.ok_or(HostError::Status(2))?;
+        Ok(super::level_filter(level))
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {

@@ -106,4 +106,21 @@ pub trait Host {
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError>;
     /// Sets a gauge.
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
+    /// The level Envoy logs this plugin's lines at (its `wasm` logger): lines below it are
+    /// dropped by the host, so the filter need not format them.
+    fn log_level(&self) -> Result<log::LevelFilter, HostError>;
+}
+
+/// A proxy-wasm log level number as a filter: trace 0 … error 4; critical (5) and Envoy's
+/// `off` (6) and anything larger let no filter line through (the filter never logs critical
+/// but for a panic, which bypasses this).
+pub fn level_filter(level: u32) -> log::LevelFilter {
+    match level {
+        0 => log::LevelFilter::Trace,
+        1 => log::LevelFilter::Debug,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Warn,
+        4 => log::LevelFilter::Error,
+        _ => log::LevelFilter::Off,
+    }
 }

@@ -32,6 +32,7 @@ mod raw {
     #[link(wasm_import_module = "env")]
     unsafe extern "C" {
         pub fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+        pub fn proxy_get_log_level(out: *mut u32) -> u32;
         pub fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
         pub fn proxy_get_buffer_bytes(
@@ -113,6 +114,13 @@ mod raw {
     pub fn log(level: u32, message: &str) -> u32 {
         // SAFETY: pointer and length of a live `str`.
         unsafe { proxy_log(level, message.as_ptr(), message.len()) }
+    }
+
+    pub fn log_level() -> (u32, u32) {
+        let mut out = 0u32;
+        // SAFETY: `out` is a live u32 the host writes.
+        let status = unsafe { proxy_get_log_level(&mut out) };
+        (status, out)
     }
 
     pub fn now_ns() -> (u32, u64) {
@@ -242,6 +250,9 @@ mod raw {
     pub const NO_HOST: u32 = u32::MAX;
     pub fn log(_: u32, _: &str) -> u32 {
         NO_HOST
+    }
+    pub fn log_level() -> (u32, u32) {
+        (NO_HOST, 0)
     }
     pub fn now_ns() -> (u32, u64) {
         (NO_HOST, 0)
@@ -450,6 +461,15 @@ impl Host for WasmHost {
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
         status(raw::record_metric(id, value))
+    }
+
+    fn log_level(&self) -> Result<log::LevelFilter, HostError> {
+        let (code, level) = raw::log_level();
+        status(code)?;
+        let filter = super::level_filter(level);
+        // The `log` macros follow the host too: a line Envoy would drop is not even formatted.
+        log::set_max_level(filter);
+        Ok(filter)
     }
 }
 
