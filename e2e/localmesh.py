@@ -87,7 +87,7 @@ class LocalMesh:
             self.docs = self.push(policy_for(self.kc, self.entra))
             plugins = [d for d in self.docs if d["kind"] == "WasmPlugin" and mesh.applies_to(d, WORKLOAD)]
             assert len(plugins) == 1, "the WasmPlugin does not select the sample workload"
-            config = mesh_bootstrap(listen_port, admin_port, self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs))
+            config = mesh_bootstrap(listen_port, admin_port, self.upstream.port, mesh.http_filters(plugins, self.ecds), mesh.service_entry_clusters(self.docs, WORKLOAD["namespace"]))
             self.envoy = self._started(h.Envoy(binary, config, workdir, concurrency=2))
             self.envoy.wait_ready()
         except BaseException:

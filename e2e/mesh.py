@@ -13,7 +13,9 @@ run the manifests users apply.
 - `http_filters` places plugins in the chain by phase and priority, each as an ECDS
   `config_discovery` entry (here from a watched file instead of istiod's ADS stream).
 - `service_entry_clusters` builds the `outbound|PORT||HOST` clusters for ServiceEntries,
-  with TLS origination from matching DestinationRules.
+  with TLS origination from matching DestinationRules, as a sidecar in one namespace sees
+  them (`exportTo`); `tls_origination` is that DestinationRule lookup alone (it applies to
+  Kubernetes Services' clusters too).
 """
 
 import copy
@@ -257,16 +259,31 @@ def write_ecds(ecds_path, extension_configs, version):
     os.replace(aside, ecds_path)
 
 
-def service_entry_clusters(docs):
-    """`outbound|PORT||HOST` clusters for ServiceEntries, TLS per DestinationRules."""
-    rules = {}
+def visible_in(doc, namespace):
+    """Whether a ServiceEntry/DestinationRule reaches the proxies of `namespace`
+    (`exportTo`: absent or `*` = every namespace, `.` = its own, or names)."""
+    export_to = doc["spec"].get("exportTo") or ["*"]
+    own = doc["metadata"]["namespace"]
+    return "*" in export_to or namespace in export_to or ("." in export_to and namespace == own)
+
+
+def tls_origination(docs, host, port, namespace):
+    """The `tls` a sidecar in `namespace` applies to `host:port` from the DestinationRules it
+    sees (port-level settings), or None."""
     for doc in docs:
-        if doc["kind"] == "DestinationRule":
+        if doc["kind"] == "DestinationRule" and doc["spec"]["host"] == host and visible_in(doc, namespace):
             for setting in (doc["spec"].get("trafficPolicy") or {}).get("portLevelSettings") or []:
-                rules[(doc["spec"]["host"], setting["port"]["number"])] = setting.get("tls") or {}
+                if setting["port"]["number"] == port:
+                    return setting.get("tls") or {}
+    return None
+
+
+def service_entry_clusters(docs, namespace):
+    """`outbound|PORT||HOST` clusters for the ServiceEntries a sidecar in `namespace` sees,
+    TLS per the DestinationRules it sees."""
     clusters = []
     for doc in docs:
-        if doc["kind"] != "ServiceEntry":
+        if doc["kind"] != "ServiceEntry" or not visible_in(doc, namespace):
             continue
         spec = doc["spec"]
         for host in spec["hosts"]:
@@ -288,7 +305,7 @@ def service_entry_clusters(docs):
                         ],
                     },
                 }
-                tls = rules.get((host, port["number"]))
+                tls = tls_origination(docs, host, port["number"], namespace)
                 if tls and tls.get("mode") == "SIMPLE":
                     cluster["transport_socket"] = {
                         "name": "envoy.transport_sockets.tls",

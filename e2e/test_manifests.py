@@ -222,3 +222,146 @@ def test_kubernetes_checks_catch_broken_wiring():
     deployment["metadata"]["namespace"] = "ml"
     problems = " ".join(kubernetes_problems(deployment, docs))
     assert "must be pinned" in problems and "namespace ml" in problems
+
+
+# --- issue 11: safe defaults ------------------------------------------------------------
+
+SHA = "ab" * 32
+KEYSET_POLICY = """version = 1
+name = "keyset"
+[issuers.idp]
+issuer     = "https://idp.example.com/realms/ml"
+audiences  = ["scoring"]
+algorithms = ["RS256"]
+[issuers.idp.jwks]
+uri = "{uri}"
+[[rules]]
+name  = "score"
+{hosts}paths = ["/score"]
+allow = "authenticated"
+"""
+
+
+def keyset_policy(tmp_path, uri, hosts=""):
+    path = tmp_path / f"policy-{len(list(tmp_path.iterdir()))}.toml"
+    path.write_text(KEYSET_POLICY.format(uri=uri, hosts=hosts))
+    return path
+
+
+def manifest(policy, *flags):
+    return subprocess.run([h.CLAIMGATE, "manifest", policy, "--wasm-url", "oci://x/y:1", "--sha256", SHA, *flags], capture_output=True, text=True)
+
+
+def warnings_of(out):
+    return [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([], "would apply to every workload of the mesh"),
+        (["--namespace", "ml-serving"], "every workload in namespace `ml-serving`"),
+        (["--namespace", "ml-serving", "--mesh-wide"], "use --namespace-wide there"),
+        (["--namespace-wide"], "say --mesh-wide"),
+        (["--target-ref", "Gateway/gw", "--target-ref", "Service/scorer"], "emit one manifest for each"),
+    ],
+)
+def test_a_plugin_without_a_selector_is_refused_unless_asked_for(flags, message):
+    out = manifest(KIND_POLICY, *flags)
+    assert out.returncode == 1 and message in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("flags, namespace", [(["--mesh-wide"], "istio-system"), (["--namespace", "ml-serving", "--namespace-wide"], "ml-serving")])
+def test_a_selector_less_plugin_needs_its_explicit_flag(flags, namespace):
+    out = manifest(KIND_POLICY, *flags)
+    assert out.returncode == 0, out.stderr
+    plugin = mesh.load(out.stdout)[0]
+    assert plugin["metadata"]["namespace"] == namespace
+    assert "selector" not in plugin["spec"] and "targetRefs" not in plugin["spec"]
+    assert mesh.validate(plugin) == []
+    # The flag is a statement, and the scope it states is spelled out on stderr when it is a namespace.
+    workload = dict(namespace="ml-serving", labels={"app": "anything"}, service="any", port=1234)
+    assert mesh.applies_to(plugin, workload)
+    assert mesh.applies_to(plugin, dict(workload, namespace="other")) == (namespace == "istio-system")
+
+
+def test_in_cluster_key_sets_are_named_by_the_fqdn_istiod_uses(tmp_path):
+    policy = keyset_policy(tmp_path, "http://keycloak.auth.svc:8080/realms/ml/certs")
+    plugin_config = tmp_path / "plugin.json"
+    plugin_config.write_text(h.compile_policy(policy))
+    # The blob the filter runs carries the cluster it calls.
+    summary = json.loads(subprocess.run([h.CLAIMGATE, "show", "--format", "json", plugin_config], capture_output=True, text=True, check=True).stdout)
+    assert summary[0]["policy"]["issuers"][0]["jwks"]["cluster"] == "outbound|8080||keycloak.auth.svc.cluster.local"
+    out = manifest(policy, "--namespace", "ml-serving", "--selector", "app=scorer", "--deny-warnings")
+    assert out.returncode == 0, out.stderr
+    assert [d["kind"] for d in mesh.load(out.stdout)] == ["WasmPlugin"], "istiod already has the Service's cluster"
+    # Another cluster domain: the compiled default no longer names istiod's cluster.
+    out = manifest(policy, "--namespace", "ml-serving", "--selector", "app=scorer", "--cluster-domain", "corp.example")
+    assert out.returncode == 0, out.stderr
+    assert any('cluster = "outbound|8080||keycloak.auth.svc.corp.example"' in w for w in warnings_of(out)), out.stderr
+
+
+def test_a_short_key_set_host_is_refused_with_the_fix(tmp_path):
+    out = manifest(keyset_policy(tmp_path, "http://keycloak:8080/realms/ml/certs"), "--namespace", "ml-serving", "--selector", "app=scorer")
+    assert out.returncode == 1 and "`keycloak.ml-serving.svc`" in out.stderr and "short name" in out.stderr, out.stderr
+    out = manifest(keyset_policy(tmp_path, "https://keycloak.auth/realms/ml/certs"), "--namespace", "ml-serving", "--selector", "app=scorer")
+    assert out.returncode == 0 and any("write `keycloak.auth.svc`" in w for w in warnings_of(out)), out.stderr
+
+
+def test_in_cluster_https_key_sets_get_tls_origination(tmp_path):
+    policy = keyset_policy(tmp_path, "https://keycloak.auth.svc:8443/realms/ml/certs")
+    out = manifest(policy, "--namespace", "ml-serving", "--selector", "app=scorer")
+    assert out.returncode == 0, out.stderr
+    docs = mesh.load(out.stdout)
+    assert [d["kind"] for d in docs] == ["WasmPlugin", "DestinationRule"]
+    rule = docs[1]
+    assert mesh.validate(rule) == []
+    assert rule["spec"]["host"] == "keycloak.auth.svc.cluster.local" and rule["spec"]["exportTo"] == ["."]
+    # The filter calls outbound|8443||keycloak.auth.svc.cluster.local in plain HTTP: the
+    # sidecars of the plugin's namespace, and only they, turn that into TLS.
+    assert mesh.tls_origination(docs, "keycloak.auth.svc.cluster.local", 8443, "ml-serving") == {"mode": "SIMPLE", "sni": "keycloak.auth.svc"}
+    assert mesh.tls_origination(docs, "keycloak.auth.svc.cluster.local", 8443, "auth") is None
+    assert any("originate TLS" in w and "namespace(s) ml-serving" in w for w in warnings_of(out)), out.stderr
+
+
+def test_key_set_resources_are_exported_only_where_the_plugin_runs(tmp_path):
+    policy = keyset_policy(tmp_path, "https://login.example.com/keys")
+    cases = [
+        (["--namespace", "ml-serving", "--selector", "app=scorer"], ["."], {"ml-serving"}),
+        (["--target-ref", "Gateway/ingress"], ["."], {"istio-system"}),
+        (["--selector", "app=scorer"], ["*"], {"ml-serving", "ml-batch", "other", "istio-system"}),
+        (["--selector", "app=scorer", "--export-to", "ml-serving", "--export-to", "ml-batch"], ["ml-serving", "ml-batch"], {"ml-serving", "ml-batch"}),
+    ]
+    for flags, export_to, sees in cases:
+        out = manifest(policy, *flags)
+        assert out.returncode == 0, out.stderr
+        docs = mesh.load(out.stdout)
+        egress = [d for d in docs if d["kind"] in ("ServiceEntry", "DestinationRule")]
+        assert len(egress) == 2 and all(d["spec"]["exportTo"] == export_to and mesh.validate(d) == [] for d in egress), flags
+        for namespace in ("ml-serving", "ml-batch", "other", "istio-system"):
+            clusters = mesh.service_entry_clusters(docs, namespace)
+            assert bool(clusters) == (namespace in sees), (flags, namespace)
+            for cluster in clusters:
+                assert cluster["name"] == "outbound|80||login.example.com" and cluster["transport_socket"]["typed_config"]["sni"] == "login.example.com"
+    out = manifest(policy, "--selector", "app=x", "--export-to", "Bad_NS")
+    assert out.returncode == 1 and "--export-to" in out.stderr
+
+
+def test_flags_that_disagree_with_the_target_or_policy_warn(tmp_path):
+    cases = [
+        (KIND_POLICY, ["--target-ref", "Gateway/ingress", "--port", "8080"], "--mode and --port select sidecar traffic"),
+        (KIND_POLICY, ["--target-ref", "Gateway/ingress", "--mode", "CLIENT"], "--mode and --port select sidecar traffic"),
+        (KIND_POLICY, ["--selector", "app=scorer"], "matches workloads in every namespace"),
+        (KIND_POLICY, ["--namespace", "ml-serving", "--namespace-wide"], "every workload in `ml-serving`"),
+        (keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-batch.svc.cluster.local"]\n'), ["--namespace", "ml-serving", "--selector", "app=scorer"], "names only Services of namespace(s) ml-batch"),
+        (keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-serving.svc.cluster.local"]\n'), ["--target-ref", "Gateway/ingress"], "requests through a Gateway carry the external host name"),
+    ]
+    for policy, flags, message in cases:
+        out = manifest(policy, *flags)
+        assert out.returncode == 0 and any(message in w for w in warnings_of(out)), (flags, out.stderr)
+        assert mesh.load(out.stdout)[0]["kind"] == "WasmPlugin"
+        denied = manifest(policy, *flags, "--deny-warnings")
+        assert denied.returncode == 3 and denied.stdout == "" and "--deny-warnings" in denied.stderr, (flags, denied.stderr)
+    quiet = manifest(keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-serving.svc.cluster.local"]\n'), "--namespace", "ml-serving", "--selector", "app=scorer", "--port", "8080")
+    assert quiet.returncode == 0 and warnings_of(quiet) == [], quiet.stderr

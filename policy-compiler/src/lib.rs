@@ -10,6 +10,7 @@
 pub mod cases;
 pub mod manifest;
 pub mod output;
+pub mod show;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use claimgate_core::blob::{self, PluginConfig};
 use claimgate_core::compile::{self, Compiled, Diagnostic, Severity};
 use claimgate_core::engine::{Decision, Engine, RemoteKeys, Request};
 use claimgate_core::keys::{KeySet, parse_jwks};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Exit statuses of the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl From<Exit> for ExitCode {
 
 /// claimgate: compile, check, explain and test claimgate policies; emit Istio manifests.
 #[derive(Debug, Parser)]
-#[command(name = "claimgate", version, about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy.")]
+#[command(name = "claimgate", about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy.")]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -62,6 +63,8 @@ pub enum Command {
     Test(TestArgs),
     /// Emit the Istio manifests that deploy a policy (WasmPlugin, ServiceEntry, DestinationRule).
     Manifest(manifest::ManifestArgs),
+    /// Summarise a deployed policy from its pluginConfig or WasmPlugin YAML (for reviews).
+    Show(show::ShowArgs),
 }
 
 /// `compile` arguments.
@@ -153,6 +156,9 @@ pub enum CliError {
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
+    /// Warnings were printed and `--deny-warnings` was given.
+    #[error("{0} warning(s), and --deny-warnings")]
+    DeniedWarnings(usize),
     /// Standard output could not be written (other than a reader that went away).
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -161,7 +167,7 @@ pub enum CliError {
 impl CliError {
     fn exit(&self) -> Exit {
         match self {
-            CliError::InvalidPolicy(_) => Exit::InvalidPolicy,
+            CliError::InvalidPolicy(_) | CliError::DeniedWarnings(_) => Exit::InvalidPolicy,
             CliError::Io { .. } | CliError::Usage(_) | CliError::Output(_) => Exit::Usage,
         }
     }
@@ -345,7 +351,7 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
 
 /// Token-derived text for a terminal: control characters (line breaks, ANSI escapes) are
 /// shown escaped, so a claim cannot fake a line such as `decision: ALLOW`.
-fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     if text.chars().any(char::is_control) {
         std::borrow::Cow::Owned(
             text.chars()
@@ -489,13 +495,27 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
     })
 }
 
+/// What `--version` prints after the name: the CLI's version and the blob format it writes
+/// (a filter reads exactly one format: deploy a blob to a filter of the same format).
+pub fn version_text() -> String {
+    format!(
+        "{} (policy blob format {})",
+        env!("CARGO_PKG_VERSION"),
+        blob::FORMAT_VERSION
+    )
+}
+
 /// Parses the arguments and runs the command; prints errors; returns the exit code.
 pub fn run<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let command = Cli::command().version(version_text());
+    let cli = match command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -512,6 +532,7 @@ where
         Command::Explain(args) => cmd_explain(args),
         Command::Test(args) => cases::cmd_test(args),
         Command::Manifest(args) => manifest::cmd_manifest(args),
+        Command::Show(args) => show::cmd_show(args),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -3,18 +3,23 @@
 //! - a `WasmPlugin` (extensions.istio.io/v1alpha1) whose `pluginConfig` is exactly what
 //!   `compile` prints, with the module's URL and SHA-256, `failStrategy: FAIL_RELOAD` (or
 //!   `FAIL_CLOSE`; never fail open), phase,
-//!   priority, and a workload selector or target references;
+//!   priority, and a workload selector or target references — or, only when asked for by
+//!   name (`--mesh-wide`, `--namespace-wide`), none;
 //! - per remote key set outside the cluster, a `ServiceEntry` (networking.istio.io/v1) that
-//!   makes istiod build the Envoy cluster the filter calls, and for `https` key sets a
-//!   `DestinationRule` that originates TLS (see [`HttpEndpoint::istio_cluster`]).
+//!   makes istiod build the Envoy cluster the filter calls, and for every `https` key set
+//!   (in the cluster or not) a `DestinationRule` that originates TLS (see
+//!   [`HttpEndpoint::istio_cluster_in`]); both exported only to the namespaces the plugin
+//!   runs in.
 //!
-//! The output is a YAML stream for `kubectl apply -f -`.
+//! Where the flags and the policy disagree, it warns on standard error (an error with
+//! `--deny-warnings`). The output is a YAML stream for `kubectl apply -f -`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use claimgate_core::blob;
-use claimgate_core::mesh::HttpEndpoint;
+use claimgate_core::compiled::{CompiledPolicy, HostPattern};
+use claimgate_core::mesh::{DEFAULT_CLUSTER_DOMAIN, HttpEndpoint};
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value, json};
 
@@ -70,9 +75,9 @@ pub struct ManifestArgs {
     /// WasmPlugin name (default: `claimgate-` + the policy's name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Namespace of the resources. The root namespace (`istio-system`) with no selector
-    /// applies the plugin to every workload.
-    #[arg(long, default_value = "istio-system")]
+    /// Namespace of the resources. A plugin in the root namespace (`istio-system`) applies
+    /// to matching workloads of every namespace.
+    #[arg(long, default_value = ROOT_NAMESPACE)]
     pub namespace: String,
     /// Workload label `KEY=VALUE` the plugin applies to (repeatable).
     #[arg(
@@ -84,15 +89,30 @@ pub struct ManifestArgs {
     /// Target `KIND/NAME`: `Gateway/NAME` (Gateway API) or `Service/NAME` (repeatable).
     #[arg(long = "target-ref", value_name = "KIND/NAME")]
     pub target_refs: Vec<String>,
+    /// No selector, in the root namespace: the plugin applies to every workload of the mesh.
+    #[arg(long, conflicts_with_all = ["selectors", "target_refs", "namespace_wide"])]
+    pub mesh_wide: bool,
+    /// No selector, outside the root namespace: the plugin applies to every workload of
+    /// `--namespace`.
+    #[arg(long, conflicts_with_all = ["selectors", "target_refs"])]
+    pub namespace_wide: bool,
+    /// Namespaces that see the ServiceEntry/DestinationRule for key sets (repeatable;
+    /// default: the plugin's own namespace, or every namespace for a plugin in the root
+    /// namespace that selects workloads by label).
+    #[arg(long = "export-to", value_name = "NAMESPACE")]
+    pub export_to: Vec<String>,
+    /// The cluster's DNS domain, which istiod's cluster names of Services end with.
+    #[arg(long, default_value = DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
     /// Filter chain phase.
     #[arg(long, value_enum, default_value = "AUTHN")]
     pub phase: Phase,
     /// Order among plugins of the same phase (higher runs first).
     #[arg(long, default_value_t = 10)]
     pub priority: i32,
-    /// Traffic the plugin sees on a sidecar.
-    #[arg(long, value_enum, default_value = "SERVER")]
-    pub mode: Mode,
+    /// Traffic the plugin sees on a sidecar (default: SERVER).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// Only these ports (repeatable; default: all).
     #[arg(long = "port")]
     pub ports: Vec<u16>,
@@ -105,7 +125,13 @@ pub struct ManifestArgs {
     /// Write the manifests here instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Fail (exit 3, nothing written) on warnings too: the policy's and the manifest's.
+    #[arg(long)]
+    pub deny_warnings: bool,
 }
+
+/// Istio's root namespace by default: a plugin there applies to every namespace.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Istio `failStrategy` values `manifest` emits; both fail closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,29 +159,50 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
         .unwrap_or_else(|| format!("claimgate-{}", config.name));
     check_dns_label(&name, "--name")?;
     check_dns_label(&args.namespace, "--namespace")?;
+    let scope = Scope::of(args)?;
+    let mut warnings = scope.warnings(args);
+    warnings.extend(host_warnings(&compiled.policy, args, &scope));
 
     let mut documents = vec![wasm_plugin(args, &name, &sha256, plugin_config)?];
+    let egress = Egress {
+        namespace: &args.namespace,
+        export_to: &scope.export_to,
+        cluster_domain: &args.cluster_domain,
+    };
     for issuer in &compiled.policy.issuers {
         let Some(remote) = &issuer.remote_jwks else {
             continue;
         };
         let endpoint = HttpEndpoint::parse(&remote.uri).map_err(CliError::Usage)?;
-        if endpoint.in_cluster() {
-            continue;
-        }
-        if remote.cluster != endpoint.istio_cluster() {
-            crate::output::errln(&format!(
-                "warning: the policy reaches {} through cluster `{}`; the ServiceEntry below creates `{}`",
-                remote.uri,
-                remote.cluster,
-                endpoint.istio_cluster()
+        warnings.extend(jwks_host_problems(&issuer.name, &endpoint, args)?);
+        let cluster = endpoint.istio_cluster_in(&args.cluster_domain);
+        if remote.cluster != cluster {
+            warnings.push(format!(
+                "issuer `{}`: the policy reaches {} through cluster `{}`, but istiod names it `{cluster}`: set `cluster = \"{cluster}\"` in [issuers.{}.jwks] (or leave it out when --cluster-domain is {DEFAULT_CLUSTER_DOMAIN})",
+                issuer.name, remote.uri, remote.cluster, issuer.name
             ));
         }
-        for doc in jwks_egress(&endpoint, &args.namespace) {
+        if endpoint.in_cluster() && endpoint.originates_tls() {
+            warnings.push(format!(
+                "issuer `{}`: the DestinationRule below makes every sidecar in {} originate TLS to {} port {}: a workload there that speaks TLS to that port itself would encrypt twice, and a Keycloak behind a STRICT mTLS sidecar refuses it; plain `http://` to the Service (mTLS in the mesh) avoids both",
+                issuer.name,
+                scope.export_description(&args.namespace),
+                endpoint.mesh_host(&args.cluster_domain),
+                endpoint.port
+            ));
+        }
+        for doc in egress.documents(&endpoint) {
             if !documents.contains(&doc) {
                 documents.push(doc);
             }
         }
+    }
+    for warning in &warnings {
+        crate::output::errln(&format!("warning: {warning}"));
+    }
+    let warning_count = warnings.len() + compiled.warnings.len();
+    if args.deny_warnings && warning_count > 0 {
+        return Err(CliError::DeniedWarnings(warning_count));
     }
 
     let mut out = format!(
@@ -176,6 +223,199 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
         None => crate::output::out(&out)?,
     }
     Ok(Exit::Ok)
+}
+
+/// Which workloads the plugin applies to, as the flags say, and where the key set
+/// resources must be visible for it.
+struct Scope {
+    /// The plugin targets a Gateway (no sidecar `match`).
+    gateway: bool,
+    /// Label selector in the root namespace: matching workloads of every namespace.
+    cross_namespace: bool,
+    /// `exportTo` of the ServiceEntry/DestinationRule.
+    export_to: Vec<String>,
+}
+
+// === impl Scope ===
+
+impl Scope {
+    /// Refuses a plugin that would apply to a whole namespace or mesh without saying so.
+    fn of(args: &ManifestArgs) -> Result<Scope, CliError> {
+        let root = args.namespace == ROOT_NAMESPACE;
+        let selected = !args.selectors.is_empty() || !args.target_refs.is_empty();
+        if root && args.namespace_wide {
+            return Err(CliError::Usage(format!(
+                "--namespace-wide: in the root namespace `{ROOT_NAMESPACE}` that is the whole mesh; say --mesh-wide"
+            )));
+        }
+        if !selected {
+            match (root, args.mesh_wide, args.namespace_wide) {
+                (true, true, _) | (false, _, true) => {}
+                (true, false, _) => {
+                    return Err(CliError::Usage(format!(
+                        "no --selector or --target-ref: in the root namespace `{ROOT_NAMESPACE}` the plugin would apply to every workload of the mesh; give --selector KEY=VALUE or --target-ref KIND/NAME (and --namespace of the workloads), or --mesh-wide if every workload is meant"
+                    )));
+                }
+                (false, true, _) => {
+                    return Err(CliError::Usage(format!(
+                        "--mesh-wide: a plugin in `{}` applies only to its own namespace; use --namespace-wide there, or --namespace {ROOT_NAMESPACE} for the whole mesh",
+                        args.namespace
+                    )));
+                }
+                (false, false, _) => {
+                    return Err(CliError::Usage(format!(
+                        "no --selector or --target-ref: the plugin would apply to every workload in namespace `{}`; give --selector KEY=VALUE or --target-ref KIND/NAME, or --namespace-wide if every workload there is meant",
+                        args.namespace
+                    )));
+                }
+            }
+        }
+        let gateway = args.target_refs.iter().any(|t| t.starts_with("Gateway"));
+        if gateway && args.target_refs.iter().any(|t| t.starts_with("Service/")) {
+            return Err(CliError::Usage(
+                "--target-ref: Gateway and Service targets need different `match` settings (sidecar traffic modes do not apply to a Gateway): emit one manifest for each".into(),
+            ));
+        }
+        // Target references and namespace-wide plugins stay in their namespace; a label
+        // selector or a mesh-wide plugin in the root namespace reaches every namespace.
+        let cross_namespace = root && (!args.selectors.is_empty() || args.mesh_wide);
+        let export_to = if !args.export_to.is_empty() {
+            for namespace in &args.export_to {
+                if namespace != "." && namespace != "*" {
+                    check_dns_label(namespace, "--export-to")?;
+                }
+            }
+            args.export_to.clone()
+        } else if cross_namespace {
+            vec!["*".to_owned()]
+        } else {
+            vec![".".to_owned()]
+        };
+        Ok(Scope {
+            gateway,
+            cross_namespace,
+            export_to,
+        })
+    }
+
+    /// The flags that do nothing or more than they seem to.
+    fn warnings(&self, args: &ManifestArgs) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.gateway && (args.mode.is_some() || !args.ports.is_empty()) {
+            warnings.push(
+                "--mode and --port select sidecar traffic; a Gateway target has no such `match`, so they are ignored and the plugin sees every request through the Gateway".into(),
+            );
+        }
+        if self.cross_namespace && !args.selectors.is_empty() {
+            warnings.push(format!(
+                "the plugin is in the root namespace `{ROOT_NAMESPACE}`: --selector {} matches workloads in every namespace; give --namespace of the workloads to keep it to one",
+                args.selectors.join(",")
+            ));
+        }
+        if self.cross_namespace && args.export_to.is_empty() {
+            warnings.push(
+                "the key set ServiceEntry/DestinationRule are exported to every namespace (the plugin may run in any); narrow them with --export-to NAMESPACE".into(),
+            );
+        }
+        if args.namespace_wide {
+            warnings.push(format!(
+                "--namespace-wide: every workload in `{}` (not only the model server) answers 401/403 by this policy on every inbound port",
+                args.namespace
+            ));
+        }
+        warnings
+    }
+
+    fn export_description(&self, namespace: &str) -> String {
+        if self.export_to.iter().any(|n| n == "*") {
+            "every namespace".to_owned()
+        } else {
+            let names: Vec<&str> = self
+                .export_to
+                .iter()
+                .map(|n| if n == "." { namespace } else { n.as_str() })
+                .collect();
+            format!("namespace(s) {}", names.join(", "))
+        }
+    }
+}
+
+/// A key set host the mesh cannot name, or names differently than it seems.
+fn jwks_host_problems(
+    issuer: &str,
+    endpoint: &HttpEndpoint,
+    args: &ManifestArgs,
+) -> Result<Vec<String>, CliError> {
+    if endpoint.is_short_name() {
+        let namespace = if args.namespace == ROOT_NAMESPACE {
+            "NAMESPACE"
+        } else {
+            args.namespace.as_str()
+        };
+        return Err(CliError::Usage(format!(
+            "issuer `{issuer}`: the key set host `{host}` is a short name: it resolves differently in every namespace and istiod builds no cluster for it; write the Service as `{host}.{namespace}.svc` (its namespace) in the policy's `uri`",
+            host = endpoint.host
+        )));
+    }
+    let mut warnings = Vec::new();
+    if endpoint.is_two_labels() {
+        warnings.push(format!(
+            "issuer `{issuer}`: `{host}` is taken for a host outside the cluster (ServiceEntry, MESH_EXTERNAL); if it is the Service `{}` of namespace `{}`, write `{host}.svc`",
+            endpoint.host.split('.').next().unwrap_or_default(),
+            endpoint.host.split('.').nth(1).unwrap_or_default(),
+            host = endpoint.host
+        ));
+    }
+    if let Some(domain) = endpoint.cluster_domain()
+        && domain != args.cluster_domain
+    {
+        warnings.push(format!(
+            "issuer `{issuer}`: `{}` ends in `{domain}`, but the cluster domain is `{}` (--cluster-domain)",
+            endpoint.host, args.cluster_domain
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Rules whose hosts the plugin's workloads never see.
+fn host_warnings(policy: &CompiledPolicy, args: &ManifestArgs, scope: &Scope) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for rule in &policy.rules {
+        let namespaces: Option<Vec<&str>> = rule
+            .hosts
+            .iter()
+            .map(|host| match host {
+                HostPattern::Exact(name) => service_namespace(name),
+                HostPattern::Suffix(suffix) => service_namespace(suffix.trim_start_matches('.')),
+            })
+            .collect();
+        let Some(namespaces) = namespaces.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if scope.gateway {
+            warnings.push(format!(
+                "rule `{}` names only in-cluster Service hosts; requests through a Gateway carry the external host name, so it never matches there",
+                rule.name
+            ));
+        } else if args.namespace != ROOT_NAMESPACE
+            && namespaces.iter().all(|n| *n != args.namespace)
+        {
+            warnings.push(format!(
+                "rule `{}` names only Services of namespace(s) {}, but the plugin runs on workloads in `{}`: it never matches there",
+                rule.name,
+                namespaces.join(", "),
+                args.namespace
+            ));
+        }
+    }
+    warnings
+}
+
+/// The namespace of an in-cluster Service host name (`NAME.NAMESPACE.svc[.DOMAIN]`).
+fn service_namespace(host: &str) -> Option<&str> {
+    let mut labels = host.split('.');
+    let (_, namespace, svc) = (labels.next()?, labels.next()?, labels.next()?);
+    (svc == "svc" && !namespace.is_empty()).then_some(namespace)
 }
 
 fn module_sha256(args: &ManifestArgs) -> Result<String, CliError> {
@@ -297,7 +537,10 @@ fn wasm_plugin(
     let targets_gateway = args.target_refs.iter().any(|t| t.starts_with("Gateway"));
     if !targets_gateway {
         let mut selector = Map::new();
-        selector.insert("mode".into(), json!(screaming(args.mode)));
+        selector.insert(
+            "mode".into(),
+            json!(screaming(args.mode.unwrap_or(Mode::Server))),
+        );
         if !args.ports.is_empty() {
             let ports: Vec<Value> = args.ports.iter().map(|p| json!({ "number": p })).collect();
             selector.insert("ports".into(), Value::Array(ports));
@@ -313,50 +556,71 @@ fn wasm_plugin(
     }))
 }
 
-/// ServiceEntry (and DestinationRule for TLS) that give Envoy a cluster for a key set host.
-fn jwks_egress(endpoint: &HttpEndpoint, namespace: &str) -> Vec<Value> {
-    let object_name = format!("claimgate-jwks-{}", endpoint.host.replace('.', "-"));
-    let object_name: String = object_name.chars().take(63).collect();
-    let object_name = object_name.trim_end_matches('-').to_owned();
-    let port = if endpoint.originates_tls() {
-        json!({
-            "number": endpoint.mesh_port(),
-            "name": "http-tls-origination",
-            "protocol": "HTTP",
-            "targetPort": endpoint.port,
-        })
-    } else {
-        json!({ "number": endpoint.port, "name": "http", "protocol": "HTTP" })
-    };
-    let service_entry = json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": { "name": object_name, "namespace": namespace, "labels": labels() },
-        "spec": {
-            "hosts": [endpoint.host],
-            "location": "MESH_EXTERNAL",
-            "ports": [port],
-            "resolution": "DNS",
-        },
-    });
-    if !endpoint.originates_tls() {
-        return vec![service_entry];
+/// Where the key set resources go and whom they are visible to.
+struct Egress<'a> {
+    namespace: &'a str,
+    export_to: &'a [String],
+    cluster_domain: &'a str,
+}
+
+// === impl Egress ===
+
+impl Egress<'_> {
+    /// The resources that give Envoy a TLS-originating (for `https`) cluster for a key set
+    /// host: a ServiceEntry for a host outside the cluster (istiod already knows Services),
+    /// and a DestinationRule for every `https` key set.
+    fn documents(&self, endpoint: &HttpEndpoint) -> Vec<Value> {
+        let host = endpoint.mesh_host(self.cluster_domain);
+        let object_name = format!("claimgate-jwks-{}", host.replace('.', "-"));
+        let object_name: String = object_name.chars().take(63).collect();
+        let object_name = object_name.trim_end_matches('-').to_owned();
+        let metadata =
+            json!({ "name": object_name, "namespace": self.namespace, "labels": labels() });
+        let mut documents = Vec::new();
+        if !endpoint.in_cluster() {
+            let port = if endpoint.originates_tls() {
+                json!({
+                    "number": endpoint.mesh_port(),
+                    "name": "http-tls-origination",
+                    "protocol": "HTTP",
+                    "targetPort": endpoint.port,
+                })
+            } else {
+                json!({ "number": endpoint.port, "name": "http", "protocol": "HTTP" })
+            };
+            documents.push(json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": metadata,
+                "spec": {
+                    "hosts": [host],
+                    "location": "MESH_EXTERNAL",
+                    "ports": [port],
+                    "resolution": "DNS",
+                    "exportTo": self.export_to,
+                },
+            }));
+        }
+        if endpoint.originates_tls() {
+            documents.push(json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": metadata,
+                "spec": {
+                    "host": host,
+                    "trafficPolicy": {
+                        "portLevelSettings": [{
+                            "port": { "number": endpoint.mesh_port() },
+                            // The name the URL gives, as a direct client would send it.
+                            "tls": { "mode": "SIMPLE", "sni": endpoint.host },
+                        }],
+                    },
+                    "exportTo": self.export_to,
+                },
+            }));
+        }
+        documents
     }
-    let destination_rule = json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": { "name": object_name, "namespace": namespace, "labels": labels() },
-        "spec": {
-            "host": endpoint.host,
-            "trafficPolicy": {
-                "portLevelSettings": [{
-                    "port": { "number": endpoint.mesh_port() },
-                    "tls": { "mode": "SIMPLE", "sni": endpoint.host },
-                }],
-            },
-        },
-    });
-    vec![service_entry, destination_rule]
 }
 
 /// Writes a JSON value as block-style YAML. A string is written plain only when it is a
@@ -471,20 +735,59 @@ mod tests {
         }
     }
 
+    fn egress(uri: &str) -> Vec<Value> {
+        let export_to = [".".to_owned()];
+        let egress = Egress {
+            namespace: "ml-serving",
+            export_to: &export_to,
+            cluster_domain: "cluster.local",
+        };
+        egress.documents(&HttpEndpoint::parse(uri).unwrap())
+    }
+
     #[test]
     fn external_https_key_sets_get_tls_origination() {
-        let endpoint = HttpEndpoint::parse("https://login.example.com/keys").unwrap();
-        let docs = jwks_egress(&endpoint, "istio-system");
+        let docs = egress("https://login.example.com/keys");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["spec"]["ports"][0]["number"], 80);
         assert_eq!(docs[0]["spec"]["ports"][0]["targetPort"], 443);
+        assert_eq!(docs[0]["spec"]["exportTo"], json!(["."]));
         assert_eq!(
             docs[1]["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["mode"],
             "SIMPLE"
         );
-        let plain = HttpEndpoint::parse("http://idp.example.com:8080/keys").unwrap();
-        let docs = jwks_egress(&plain, "istio-system");
+        assert_eq!(docs[1]["spec"]["exportTo"], json!(["."]));
+        let docs = egress("http://idp.example.com:8080/keys");
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0]["spec"]["ports"][0]["number"], 8080);
+    }
+
+    /// Issue 11: an in-cluster `https` key set got no resource at all, and the filter's
+    /// plain-HTTP callout went to the Service's TLS port.
+    #[test]
+    fn in_cluster_https_key_sets_get_a_tls_destination_rule_only() {
+        let docs = egress("https://keycloak.auth.svc:8443/realms/ml/certs");
+        assert_eq!(docs.len(), 1);
+        let rule = &docs[0];
+        assert_eq!(rule["kind"], "DestinationRule");
+        assert_eq!(rule["spec"]["host"], "keycloak.auth.svc.cluster.local");
+        let port = &rule["spec"]["trafficPolicy"]["portLevelSettings"][0];
+        assert_eq!(port["port"]["number"], 8443);
+        assert_eq!(
+            port["tls"],
+            json!({ "mode": "SIMPLE", "sni": "keycloak.auth.svc" })
+        );
+        assert!(egress("http://keycloak.auth.svc:8080/certs").is_empty());
+    }
+
+    #[test]
+    fn service_hosts_name_their_namespace() {
+        assert_eq!(service_namespace("scorer.ml.svc.cluster.local"), Some("ml"));
+        assert_eq!(service_namespace("scorer.ml.svc"), Some("ml"));
+        assert_eq!(
+            service_namespace("fraud.westeurope.inference.ml.azure.com"),
+            None
+        );
+        assert_eq!(service_namespace("a.b"), None);
     }
 }
