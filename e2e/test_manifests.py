@@ -264,6 +264,7 @@ def warnings_of(out):
         (["--namespace", "ml-serving", "--mesh-wide"], "use --namespace-wide there"),
         (["--namespace-wide"], "say --mesh-wide"),
         (["--target-ref", "Gateway/gw", "--target-ref", "Service/scorer"], "emit one manifest for each"),
+        (["--namespace", "mesh-root", "--root-namespace", "mesh-root"], "root namespace `mesh-root`"),
     ],
 )
 def test_a_plugin_without_a_selector_is_refused_unless_asked_for(flags, message):
@@ -365,3 +366,33 @@ def test_flags_that_disagree_with_the_target_or_policy_warn(tmp_path):
         assert denied.returncode == 3 and denied.stdout == "" and "--deny-warnings" in denied.stderr, (flags, denied.stderr)
     quiet = manifest(keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-serving.svc.cluster.local"]\n'), "--namespace", "ml-serving", "--selector", "app=scorer", "--port", "8080")
     assert quiet.returncode == 0 and warnings_of(quiet) == [], quiet.stderr
+
+
+@pytest.mark.parametrize("policy", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.stem)
+def test_show_reads_the_emitted_wasmplugin_back(policy):
+    # What a reviewer runs on a GitOps change: the YAML `manifest` wrote, read back.
+    emitted = manifest(policy, "--namespace", "ml-serving", "--selector", "app=scorer")
+    assert emitted.returncode == 0, emitted.stderr
+    out = subprocess.run([h.CLAIMGATE, "show", "--format", "json", "-"], input=emitted.stdout, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    [summary] = json.loads(out.stdout)
+    compiled = json.loads(h.compile_policy(policy))
+    assert summary["policy"]["version"] == compiled["digest"] and summary["policy"]["name"] == compiled["name"]
+    plugin = summary["wasm_plugin"]
+    assert plugin["name"] == f"ml-serving/claimgate-{compiled['name']}" and plugin["sha256"] == SHA and plugin["failStrategy"] == "FAIL_RELOAD"
+    assert plugin["selector"] == {"matchLabels": {"app": "scorer"}}
+    text = subprocess.run([h.CLAIMGATE, "show", "-"], input=emitted.stdout, capture_output=True, text=True)
+    assert text.returncode == 0 and compiled["digest"] in text.stdout and f"wasmplugin   ml-serving/claimgate-{compiled['name']}" in text.stdout
+
+
+def test_show_refuses_a_tampered_wasmplugin(tmp_path):
+    emitted = manifest(KIND_POLICY, "--namespace", "ml-serving", "--selector", "app=scorer").stdout
+    digest = re.search(r'digest: "(sha256:[0-9a-f]{64})"', emitted).group(1)
+    tampered = tmp_path / "plugin.yaml"
+    tampered.write_text(emitted.replace(digest, "sha256:" + "0" * 64))
+    out = subprocess.run([h.CLAIMGATE, "show", tampered], capture_output=True, text=True)
+    assert out.returncode == 1 and "does not match the blob's" in out.stderr and out.stdout == "", out.stderr
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(b"kind: WasmPlugin\nspec:\n  pluginConfig: [\x00\xff\n")
+    out = subprocess.run([h.CLAIMGATE, "show", garbage], capture_output=True, text=True)
+    assert out.returncode == 1 and "panicked" not in out.stderr and out.stderr.startswith("claimgate: "), out.stderr

@@ -89,6 +89,10 @@ pub struct ManifestArgs {
     /// Target `KIND/NAME`: `Gateway/NAME` (Gateway API) or `Service/NAME` (repeatable).
     #[arg(long = "target-ref", value_name = "KIND/NAME")]
     pub target_refs: Vec<String>,
+    /// Istio's root namespace (`meshConfig.rootNamespace`): a plugin there applies to
+    /// matching workloads of every namespace.
+    #[arg(long, default_value = ROOT_NAMESPACE)]
+    pub root_namespace: String,
     /// No selector, in the root namespace: the plugin applies to every workload of the mesh.
     #[arg(long, conflicts_with_all = ["selectors", "target_refs", "namespace_wide"])]
     pub mesh_wide: bool,
@@ -130,7 +134,7 @@ pub struct ManifestArgs {
     pub deny_warnings: bool,
 }
 
-/// Istio's root namespace by default: a plugin there applies to every namespace.
+/// Istio's default root namespace: a plugin there applies to every namespace.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Istio `failStrategy` values `manifest` emits; both fail closed.
@@ -241,11 +245,12 @@ struct Scope {
 impl Scope {
     /// Refuses a plugin that would apply to a whole namespace or mesh without saying so.
     fn of(args: &ManifestArgs) -> Result<Scope, CliError> {
-        let root = args.namespace == ROOT_NAMESPACE;
+        let root = args.namespace == args.root_namespace;
         let selected = !args.selectors.is_empty() || !args.target_refs.is_empty();
         if root && args.namespace_wide {
             return Err(CliError::Usage(format!(
-                "--namespace-wide: in the root namespace `{ROOT_NAMESPACE}` that is the whole mesh; say --mesh-wide"
+                "--namespace-wide: in the root namespace `{}` that is the whole mesh; say --mesh-wide",
+                args.root_namespace
             )));
         }
         if !selected {
@@ -253,13 +258,14 @@ impl Scope {
                 (true, true, _) | (false, _, true) => {}
                 (true, false, _) => {
                     return Err(CliError::Usage(format!(
-                        "no --selector or --target-ref: in the root namespace `{ROOT_NAMESPACE}` the plugin would apply to every workload of the mesh; give --selector KEY=VALUE or --target-ref KIND/NAME (and --namespace of the workloads), or --mesh-wide if every workload is meant"
+                        "no --selector or --target-ref: in the root namespace `{}` the plugin would apply to every workload of the mesh; give --selector KEY=VALUE or --target-ref KIND/NAME (and --namespace of the workloads), or --mesh-wide if every workload is meant",
+                        args.root_namespace
                     )));
                 }
                 (false, true, _) => {
                     return Err(CliError::Usage(format!(
-                        "--mesh-wide: a plugin in `{}` applies only to its own namespace; use --namespace-wide there, or --namespace {ROOT_NAMESPACE} for the whole mesh",
-                        args.namespace
+                        "--mesh-wide: a plugin in `{}` applies only to its own namespace; use --namespace-wide there, or --namespace {} (the root namespace) for the whole mesh",
+                        args.namespace, args.root_namespace
                     )));
                 }
                 (false, false, _) => {
@@ -308,7 +314,8 @@ impl Scope {
         }
         if self.cross_namespace && !args.selectors.is_empty() {
             warnings.push(format!(
-                "the plugin is in the root namespace `{ROOT_NAMESPACE}`: --selector {} matches workloads in every namespace; give --namespace of the workloads to keep it to one",
+                "the plugin is in the root namespace `{}`: --selector {} matches workloads in every namespace; give --namespace of the workloads to keep it to one",
+                args.root_namespace,
                 args.selectors.join(",")
             ));
         }
@@ -347,7 +354,7 @@ fn jwks_host_problems(
     args: &ManifestArgs,
 ) -> Result<Vec<String>, CliError> {
     if endpoint.is_short_name() {
-        let namespace = if args.namespace == ROOT_NAMESPACE {
+        let namespace = if args.namespace == args.root_namespace {
             "NAMESPACE"
         } else {
             args.namespace.as_str()
@@ -397,7 +404,7 @@ fn host_warnings(policy: &CompiledPolicy, args: &ManifestArgs, scope: &Scope) ->
                 "rule `{}` names only in-cluster Service hosts; requests through a Gateway carry the external host name, so it never matches there",
                 rule.name
             ));
-        } else if args.namespace != ROOT_NAMESPACE
+        } else if args.namespace != args.root_namespace
             && namespaces.iter().all(|n| *n != args.namespace)
         {
             warnings.push(format!(

@@ -78,8 +78,17 @@ pub fn summarise(text: &str) -> Result<Vec<Value>, String> {
     {
         return Ok(vec![json!({ "policy": policy_summary(single)? })]);
     }
+    // `kubectl get wasmplugins -o yaml` wraps several in a `List`.
     let plugins: Vec<&Value> = documents
         .iter()
+        .flat_map(|d| match d.get("kind").and_then(Value::as_str) {
+            Some("List") => d
+                .get("items")
+                .and_then(Value::as_array)
+                .map(|items| items.iter().collect())
+                .unwrap_or_default(),
+            _ => vec![d],
+        })
         .filter(|d| d.get("kind").and_then(Value::as_str) == Some("WasmPlugin"))
         .collect();
     if plugins.is_empty() {
@@ -517,6 +526,15 @@ token_ids = ["a", "b"]
         );
         let summary = summarise(&yaml).unwrap();
         assert_eq!(summary.len(), 1);
+        let listed = format!(
+            "apiVersion: v1\nkind: List\nitems:\n  - kind: WasmPlugin\n    metadata: {{name: a, namespace: ml}}\n    spec: {{pluginConfig: {config}}}\n  - kind: WasmPlugin\n    metadata: {{name: b, namespace: ml}}\n    spec: {{pluginConfig: {config}}}\n"
+        );
+        let names: Vec<Value> = summarise(&listed)
+            .unwrap()
+            .iter()
+            .map(|s| s["wasm_plugin"]["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("ml/a"), json!("ml/b")]);
         assert_eq!(summary[0]["wasm_plugin"]["name"], "ml/claimgate-reviewed");
         assert_eq!(summary[0]["wasm_plugin"]["failStrategy"], "FAIL_RELOAD");
         assert_eq!(summary[0]["policy"]["name"], "reviewed");
