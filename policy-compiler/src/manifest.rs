@@ -312,6 +312,11 @@ impl Scope {
                 "--mode and --port select sidecar traffic; a Gateway target has no such `match`, so they are ignored and the plugin sees every request through the Gateway".into(),
             );
         }
+        if !self.gateway && matches!(args.mode, Some(Mode::Client | Mode::ClientAndServer)) {
+            warnings.push(
+                "--mode CLIENT/CLIENT_AND_SERVER: the policy also decides the workload's own outbound requests (each needs a token the policy allows, and an unmatched one gets the policy's default); SERVER guards the model server".into(),
+            );
+        }
         if self.cross_namespace && !args.selectors.is_empty() {
             warnings.push(format!(
                 "the plugin is in the root namespace `{}`: --selector {} matches workloads in every namespace; give --namespace of the workloads to keep it to one",
@@ -785,6 +790,61 @@ mod tests {
             json!({ "mode": "SIMPLE", "sni": "keycloak.auth.svc" })
         );
         assert!(egress("http://keycloak.auth.svc:8080/certs").is_empty());
+    }
+
+    fn scope(flags: &[&str]) -> Result<Scope, String> {
+        let argv = [
+            &[
+                "claimgate",
+                "manifest",
+                "p.toml",
+                "--wasm-url",
+                "oci://x/y:1",
+            ],
+            &["--sha256", "00"][..],
+            flags,
+        ]
+        .concat();
+        let cli = <crate::Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let crate::Command::Manifest(args) = cli.command else {
+            unreachable!()
+        };
+        Scope::of(&args).map_err(|e| e.to_string())
+    }
+
+    /// Issue 11: no selector in the root namespace silently applied the plugin mesh-wide.
+    #[test]
+    fn a_scope_without_selector_must_be_named() {
+        for (flags, refusal) in [
+            (&[][..], "every workload of the mesh"),
+            (&["--namespace", "ml"], "every workload in namespace `ml`"),
+            (
+                &["--namespace", "ml", "--mesh-wide"],
+                "use --namespace-wide",
+            ),
+            (&["--namespace-wide"], "say --mesh-wide"),
+        ] {
+            let error = scope(flags).err().unwrap_or_default();
+            assert!(error.contains(refusal), "{flags:?}: {error}");
+        }
+        let export = |flags: &[&str]| scope(flags).map(|s| s.export_to).unwrap();
+        assert_eq!(export(&["--mesh-wide"]), ["*"]);
+        assert_eq!(export(&["--selector", "app=x"]), ["*"]);
+        assert_eq!(export(&["--target-ref", "Gateway/gw"]), ["."]);
+        assert_eq!(export(&["--namespace", "ml", "--namespace-wide"]), ["."]);
+        assert_eq!(export(&["--namespace", "ml", "--selector", "app=x"]), ["."]);
+        assert_eq!(
+            export(&[
+                "--selector",
+                "app=x",
+                "--export-to",
+                "a",
+                "--export-to",
+                "b"
+            ]),
+            ["a", "b"]
+        );
+        assert!(scope(&["--mesh-wide", "--selector", "app=x"]).is_err());
     }
 
     #[test]
