@@ -27,6 +27,7 @@ import mesh
 
 NOW = int(time.time())
 ISS = "https://keycloak.test/realms/ml"
+ENTRA = "https://login.microsoftonline.com/tenant/v2.0"
 DASHBOARD = h.ROOT / "manifests" / "grafana-dashboard.json"
 PROVIDER = "claimgate-access-log"
 
@@ -41,6 +42,15 @@ algorithms = ["RS256"]
 roles      = ["roles"]
 [issuers.keycloak.jwks]
 file = "keycloak.jwks.json"
+
+[issuers.entra]
+issuer     = "{entra}"
+audiences  = ["scoring"]
+algorithms = ["ES256"]
+[issuers.entra.jwks]
+uri     = "http://127.0.0.1:{jwks_port}/keys"
+cluster = "jwks"
+refresh = "10m"
 
 [[rules]]
 name  = "score"
@@ -68,14 +78,16 @@ class Proxy:
         self.work = Path(work)
         self.keys = h.Keys(self.work)
         (self.work / "keycloak.jwks.json").write_text(json.dumps(self.keys.make("RS256", "kc-1")))
+        self.jwks = h.JwksServer(json.dumps(self.keys.make("ES256", "entra-1")))
         policy = self.work / "policy.toml"
-        policy.write_text(POLICY.format(iss=ISS))
+        policy.write_text(POLICY.format(iss=ISS, entra=ENTRA, jwks_port=self.jwks.port))
         self.plugin_config = h.compile_policy(policy)
         self.upstream = h.Upstream()
+        self.started = time.time()
         self.access_log = self.work / "access.log"
         mesh_config = it.overlay()
         log = it.access_log(mesh_config, PROVIDER, self.access_log)
-        config = h.envoy_config(self.plugin_config, h.free_port(), h.free_port(), self.upstream.port, self.upstream.port)
+        config = h.envoy_config(self.plugin_config, h.free_port(), h.free_port(), self.upstream.port, self.jwks.port)
         manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         manager["access_log"] = [log]
         config["stats_config"] = it.stats_config(mesh_config, istio_defaults_only)
@@ -122,6 +134,7 @@ class Proxy:
     def stop(self):
         self.envoy.stop()
         self.upstream.stop()
+        self.jwks.stop()
 
 
 @pytest.fixture(scope="module", params=h.envoy_binaries() or [None], ids=lambda b: Path(b).parts[-7] if b else "no-envoy")
@@ -232,6 +245,16 @@ def test_istio_keeps_the_stats_without_a_stats_matcher_and_only_tags_need_the_ov
         other.stop()
 
 
+def test_key_set_age_per_issuer(proxy):
+    # The remote issuer's first fetch happened at start; the file-backed one has no gauge.
+    families, types = proxy.prometheus()
+    assert types["claimgate_jwks_fetch_success_timestamp_seconds"] == "gauge"
+    fetched = {dict(labels)["issuer"]: value for labels, value in families["claimgate_jwks_fetch_success_timestamp_seconds"].items()}
+    assert list(fetched) == ["entra"], fetched
+    assert proxy.started - 2 <= fetched["entra"] <= time.time() + 1, (proxy.started, fetched)
+    assert families["claimgate_jwks_fetch_success_total"][frozenset()] >= 1
+
+
 def test_policy_version_gauge_is_the_digest_prefix(proxy):
     digest = json.loads(proxy.plugin_config)["digest"]
     families, types = proxy.prometheus()
@@ -276,7 +299,7 @@ def test_telemetry_enables_the_access_log_where_the_plugin_runs():
     labels = it.provider(it.overlay(), PROVIDER)["envoyFileAccessLog"]["logFormat"]["labels"]
     for field in ("decision", "reason", "rule", "subject", "issuer"):
         assert labels[f"claimgate_{field}"] == f"%FILTER_STATE(wasm.claimgate.{field}:PLAIN)%"
-    assert it.overlay()["defaultConfig"]["extraStatTags"] == ["reason"]
+    assert it.overlay()["defaultConfig"]["extraStatTags"] == ["reason", "issuer"]
 
 
 def test_validation_catches_broken_telemetry():

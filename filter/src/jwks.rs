@@ -448,6 +448,7 @@ pub fn on_answer(
             s.fetched_keys.insert(issuer, jwks.keys);
             s.remote.set(issuer, keys);
             s.metrics.bump(host, Counter::JwksFetchSuccess);
+            s.metrics.keys_fetched(host, issuer, now_ms);
             s.scheduler.succeeded(issuer, now_ms, refresh);
         }
         Err(error) => {

@@ -81,11 +81,35 @@ pub fn denied_name(code: &str) -> String {
     format!("claimgate.{REASON_TAG}=.={code};.;denied_total")
 }
 
+/// The tag that carries an issuer's name (a Prometheus label once extracted).
+pub const ISSUER_TAG: &str = "issuer";
+
+/// The stat name of an issuer's key set gauge: the host clock (Unix seconds) of its last
+/// successful JWKS fetch, `claimgate_jwks_fetch_success_timestamp_seconds{issuer}`. The name
+/// is the policy's issuer name with anything outside `[A-Za-z0-9_-]` made `_` (a tag value
+/// must not hold the `;.;` that ends it), at most 64 characters.
+pub fn keys_fetched_name(issuer: &str) -> String {
+    let value: String = issuer
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("claimgate.{ISSUER_TAG}=.={value};.;jwks_fetch_success_timestamp_seconds")
+}
+
 /// Metric ids, defined once per root context.
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
+    /// Key set gauges by issuer index (remote issuers only).
+    keys_fetched: HashMap<usize, u32>,
 }
 
 impl Metrics {
@@ -117,7 +141,26 @@ impl Metrics {
         ) {
             let _ = host.record_metric(id, value);
         }
-        Metrics { counters, denied }
+        // Envoy keeps a gauge across roots: a push does not reset the time of the last fetch.
+        let keys_fetched = engine
+            .remote_issuers()
+            .filter_map(|(index, issuer)| {
+                let name = keys_fetched_name(&issuer.name);
+                Some((index, host.define_metric(MetricKind::Gauge, &name).ok()?))
+            })
+            .collect();
+        Metrics {
+            counters,
+            denied,
+            keys_fetched,
+        }
+    }
+
+    /// Records a successful key set fetch of an issuer at `now_ms` (host clock).
+    pub fn keys_fetched(&self, host: &dyn Host, issuer: usize, now_ms: u64) {
+        if let Some(id) = self.keys_fetched.get(&issuer) {
+            let _ = host.record_metric(*id, now_ms / 1000);
+        }
     }
 
     /// Adds one to a counter.
@@ -186,6 +229,30 @@ mod tests {
             assert_eq!(tag, None, "{stat}");
         }
         assert_eq!(prometheus(POLICY_VERSION).0, "claimgate_policy_version");
+    }
+
+    #[test]
+    fn key_set_gauges_are_one_metric_with_a_safe_issuer_label() {
+        let name = keys_fetched_name("entra;.;x=.=y.z-1");
+        assert_eq!(
+            name,
+            "claimgate.issuer=.=entra___x___y_z-1;.;jwks_fetch_success_timestamp_seconds"
+        );
+        let long = keys_fetched_name(&"i".repeat(1_000));
+        assert!(long.len() < 140, "{long}");
+        let host = MockHost::new(testing::NOW_MS);
+        let engine = testing::engine(testing::POLICY);
+        let metrics = Metrics::define(&host, &engine);
+        let gauge = keys_fetched_name("idp");
+        assert_eq!(host.metric(&gauge), Some(0));
+        metrics.keys_fetched(&host, 0, testing::NOW_MS + 1_999);
+        assert_eq!(host.metric(&gauge), Some(testing::NOW + 1));
+        metrics.keys_fetched(&host, 7, testing::NOW_MS);
+        assert_eq!(
+            host.metric(&gauge),
+            Some(testing::NOW + 1),
+            "no such issuer"
+        );
     }
 
     #[test]

@@ -464,6 +464,11 @@ fn the_regular_refresh_survives_a_lost_answer() {
         host.metric(counter_name(Counter::JwksFetchSuccess)),
         Some(1)
     );
+    // The answer came at the last tick's clock: the key set gauge says when.
+    assert_eq!(
+        host.metric(&crate::metrics::keys_fetched_name("idp")),
+        Some(now / 1000)
+    );
 }
 
 #[test]
