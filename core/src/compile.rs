@@ -5,7 +5,12 @@
 //! Warnings (an issuer no rule uses, a rule another rule shadows, keys left out of a key
 //! set, a key set fetched over plain HTTP) do not stop compilation.
 //!
-//! One concern per module: [`diagnostics`] (what is reported), [`durations`], [`issuers`]
+//! Reading a policy goes TOML syntax → [`structure`] (every unknown key and wrong type,
+//! checked against the JSON Schema of [`schema`], the one editors read) → serde types →
+//! semantic passes, so one run reports every problem.
+//!
+//! One concern per module: [`diagnostics`] (what is reported), [`suggest`] ("did you
+//! mean"), [`durations`], [`issuers`]
 //! and [`jwks`] (`[issuers.*]`), [`rules`] and [`principals`] (`[[rules]]`), [`revoked`],
 //! [`index`] (the path index) and [`lints`] (warnings). The serde model of the language is
 //! [`crate::source`].
@@ -19,8 +24,15 @@ mod lints;
 mod principals;
 mod revoked;
 mod rules;
+mod schema;
+mod structure;
+mod suggest;
 
 use std::collections::HashMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::compiled::{CompiledPolicy, TokenSettings};
 use crate::source::{PolicySource, TokenSource};
@@ -28,6 +40,7 @@ use diagnostics::Context;
 pub use diagnostics::{Diagnostic, Severity};
 pub use durations::parse_duration;
 pub use rules::{PathError, parse_path};
+pub use schema::{policy_schema, policy_schema_json};
 
 /// A successful compilation.
 #[derive(Debug, Clone)]
@@ -42,28 +55,51 @@ pub struct Compiled {
 /// I/O itself: the CLI passes a reader, tests pass a map.
 pub type FileReader<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
 
-/// Keys of the top level of a policy: written after a table header, they land in that table.
-const TOP_LEVEL_KEYS: [&str; 5] = ["version", "name", "mode", "default", "path_parameters"];
-
+/// Reads the policy: TOML syntax (every syntax error, then stop: nothing after one can be
+/// trusted), then its structure against the schema (every unknown key and wrong type), then
+/// the serde types from what the structural pass left.
 fn parse(cx: &mut Context<'_>, text: &str) -> Option<PolicySource> {
-    match toml::from_str(text) {
+    let (mut document, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        for error in syntax_errors {
+            let span = error.span().unwrap_or(0..0);
+            cx.error(
+                "syntax",
+                &span,
+                error.message().trim_end().to_owned(),
+                "fix the TOML here; nothing else was checked",
+            );
+        }
+        return None;
+    }
+    let issuer_names = |document: &Spanned<DeTable<'_>>| -> Vec<String> {
+        match document.get_ref().get("issuers").map(Spanned::get_ref) {
+            Some(DeValue::Table(issuers)) => {
+                issuers.keys().map(|k| k.get_ref().to_string()).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let before = issuer_names(&document);
+    let readable = structure::check(cx, text, &schema::policy_schema(), &mut document);
+    let after = issuer_names(&document);
+    cx.malformed_issuers = before.into_iter().filter(|n| !after.contains(n)).collect();
+    if !readable {
+        return None;
+    }
+    match PolicySource::deserialize(toml::de::Deserializer::from(document)) {
         Ok(source) => Some(source),
         Err(error) => {
-            let span = error.span().unwrap_or(0..0);
-            let message = error.message().to_owned();
-            let misplaced = TOP_LEVEL_KEYS
-                .iter()
-                .find(|key| message.contains(&format!("unknown field `{key}`")));
-            let hint = match misplaced {
-                Some(key) => format!(
-                    "`{key}` is a top-level key: written after a table header such as `[token]` or `[[rules]]`, it belongs to that table; move it above the first header"
-                ),
-                None if message.contains("unknown field") => {
-                    "check the spelling against the policy language in README.md".to_owned()
-                }
-                None => "fix the TOML here; nothing after it was checked".to_owned(),
-            };
-            cx.error("syntax", &span, message, hint);
+            // The structural pass missed this (or reported it and left the rest unreadable).
+            if !cx.has_errors() {
+                let span = error.span().unwrap_or(0..0);
+                cx.error(
+                    "syntax",
+                    &span,
+                    error.message().trim_end().to_owned(),
+                    "check this against the policy language in README.md",
+                );
+            }
             None
         }
     }
@@ -227,9 +263,12 @@ pub(crate) mod tests {
     #[test]
     fn a_key_after_a_table_header_gets_a_hint() {
         let errors = errors_of("version = 1\n[token]\nforward = false\nmode = \"audit\"\n");
-        assert_eq!(kinds_of(&errors), ["syntax"]);
-        assert_eq!(errors[0].line, 4);
-        assert!(errors[0].hint.as_deref().unwrap().contains("top-level key"));
+        assert_eq!(kinds_of(&errors), ["unknown_field"]);
+        assert_eq!((errors[0].line, errors[0].column), (4, 1));
+        assert_eq!(
+            errors[0].hint.as_deref().unwrap(),
+            "`mode` is a top-level key: keys after `[token]` belong to that table; move `mode = …` above the first table header"
+        );
     }
 
     #[test]

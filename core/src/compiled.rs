@@ -14,6 +14,7 @@ use crate::keys::JwkKey;
 /// Whether decisions are enforced or only recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
 pub enum Mode {
     /// Denials are sent to the client.
     #[default]
@@ -25,6 +26,7 @@ pub enum Mode {
 /// What happens to a request that no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
 pub enum DefaultAction {
     /// Unmatched requests get 403 `no_rule`.
     #[default]
@@ -36,6 +38,7 @@ pub enum DefaultAction {
 /// What the filter does with requests for an issuer whose remote keys have not arrived yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
 pub enum BeforeFirstFetch {
     /// Pause the request until the first key set arrives (or the fetch times out).
     #[default]
@@ -74,6 +77,7 @@ pub struct CompiledPolicy {
 /// would let such a path walk around a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
 pub enum PathParameters {
     /// A path with `;` is refused (400 `path_parameters`).
     #[default]
@@ -134,6 +138,7 @@ pub struct CompiledIssuer {
 /// How an issuer's audience claims must name its accepted audiences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
 pub enum AudienceMatch {
     /// One value of any listed claim is an accepted audience (the default; `["aud", "azp"]`
     /// then accepts a token for another API whose `azp` is an accepted client).

@@ -2,19 +2,24 @@
 //!
 //! Unknown fields are errors (`deny_unknown_fields`), so a typo never silently widens access.
 //! Validation and name resolution happen in [`crate::compile`].
+//!
+//! The same types describe the language as a JSON Schema (`schemars`; [`crate::compile::policy_schema`]):
+//! doc comments become descriptions, `Spanned<T>` is described as `T`.
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compiled::{AudienceMatch, BeforeFirstFetch, DefaultAction, Mode, PathParameters};
 
 /// A policy file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySource {
     /// Language version; must be 1.
+    #[schemars(with = "i64", range(min = 1, max = 1))]
     pub version: Spanned<i64>,
     /// Optional policy name (defaults to the file stem).
     pub name: Option<String>,
@@ -28,9 +33,11 @@ pub struct PolicySource {
     #[serde(default)]
     pub token: TokenSource,
     /// Trusted issuers by name.
+    #[schemars(with = "BTreeMap<String, IssuerSource>")]
     #[serde(default)]
     pub issuers: BTreeMap<String, Spanned<IssuerSource>>,
     /// Rules.
+    #[schemars(with = "Vec<RuleSource>")]
     #[serde(default)]
     pub rules: Vec<Spanned<RuleSource>>,
     /// Revocation list.
@@ -42,16 +49,18 @@ pub struct PolicySource {
 }
 
 /// `[token]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSource {
     /// Headers that may carry `Bearer <token>`.
+    #[schemars(with = "Vec<String>")]
     #[serde(default = "default_token_headers")]
     pub headers: Vec<Spanned<String>>,
     /// Pass the token header upstream (default true).
     #[serde(default = "yes")]
     pub forward: bool,
     /// Prefix of the identity headers the filter owns.
+    #[schemars(with = "String")]
     #[serde(default = "default_identity_prefix")]
     pub identity_header_prefix: Spanned<String>,
 }
@@ -83,62 +92,81 @@ fn yes() -> bool {
 }
 
 /// `[issuers.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSource {
     /// Exact `iss`.
+    #[schemars(with = "String")]
     pub issuer: Spanned<String>,
     /// Accepted audiences (any of).
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Claims compared with `audiences` (default `["aud"]`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub audience_claims: Option<Vec<Spanned<String>>>,
     /// `any` (default): one value of any audience claim is accepted; `all`: every audience
     /// claim present names an accepted audience, and `aud` is present.
+    #[schemars(with = "Option<AudienceMatch>")]
     pub audience_match: Option<Spanned<AudienceMatch>>,
     /// Accepted `typ` header values (e.g. `at+jwt`, RFC 9068); empty or absent: any JWT type.
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub token_types: Vec<Spanned<String>>,
     /// Allowed algorithms.
+    #[schemars(with = "Vec<String>")]
     pub algorithms: Spanned<Vec<Spanned<String>>>,
     /// Clock skew (default `60s`).
+    #[schemars(with = "Option<String>", pattern(DURATION_PATTERN))]
     pub clock_skew: Option<Spanned<String>>,
     /// Longest token lifetime.
+    #[schemars(with = "Option<String>", pattern(DURATION_PATTERN))]
     pub max_lifetime: Option<Spanned<String>>,
     /// Refuse tokens without `exp` (default true).
     #[serde(default = "yes")]
     pub require_expiry: bool,
     /// Subject claim (default `sub`).
+    #[schemars(with = "Option<String>")]
     pub subject_claim: Option<Spanned<String>>,
     /// Client claims (default `azp`, `client_id`, `appid`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub client_claims: Option<Vec<Spanned<String>>>,
     /// Role and group claims.
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub roles: Vec<Spanned<String>>,
     /// Scope claims.
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
     /// HMAC secret, base64url; only with HS* algorithms.
+    #[schemars(with = "Option<String>")]
     pub hmac_secret: Option<Spanned<String>>,
     /// Key set.
+    #[schemars(with = "Option<JwksSource>")]
     pub jwks: Option<Spanned<JwksSource>>,
 }
 
 /// `[issuers.NAME.jwks]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSource {
     /// JWKS file, relative to the policy file; compiled into the blob.
+    #[schemars(with = "Option<String>")]
     pub file: Option<Spanned<String>>,
     /// JWKS document inline; compiled into the blob.
+    #[schemars(with = "Option<String>")]
     pub inline: Option<Spanned<String>>,
     /// Remote JWKS URL.
+    #[schemars(with = "Option<String>")]
     pub uri: Option<Spanned<String>>,
     /// Envoy cluster reaching `uri`.
+    #[schemars(with = "Option<String>")]
     pub cluster: Option<Spanned<String>>,
     /// Refresh period (default `10m`).
+    #[schemars(with = "Option<String>", pattern(DURATION_PATTERN))]
     pub refresh: Option<Spanned<String>>,
     /// Fetch timeout (default `5s`).
+    #[schemars(with = "Option<String>", pattern(DURATION_PATTERN))]
     pub timeout: Option<Spanned<String>>,
     /// `hold` (default) or `reject` requests before the first fetch.
     #[serde(default)]
@@ -146,34 +174,68 @@ pub struct JwksSource {
 }
 
 /// `[[rules]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSource {
     /// Unique name.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// Hosts (exact or `*.suffix`).
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
     /// Methods.
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub methods: Vec<Spanned<String>>,
     /// Paths (exact, `/prefix/*`, templates).
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub paths: Vec<Spanned<String>>,
     /// Exact header values.
+    #[schemars(with = "BTreeMap<String, String>")]
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
     /// Whom the rule allows.
+    #[schemars(with = "Option<PrincipalSchema>")]
     pub allow: Option<Spanned<toml::Value>>,
     /// Whom the rule denies.
+    #[schemars(with = "Option<PrincipalSchema>")]
     pub deny: Option<Spanned<toml::Value>>,
     /// Decide and log, never block.
     #[serde(default)]
     pub audit: bool,
 }
 
+/// Durations as [`crate::compile::parse_duration`] reads them: `30s`, `10m`, `1h30m`, `500ms`, `1d`.
+const DURATION_PATTERN: &str = r"^\s*([0-9]+(ms|s|m|h|d))+\s*$";
+
+/// `allow` / `deny` as the schema describes them: a word or a table. The compiler reads the
+/// value itself (as a [`toml::Value`]), so this type is never deserialized.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[schemars(extend("x-claimgate-kind" = "bad_principal"))]
+#[allow(dead_code)]
+enum PrincipalSchema {
+    /// `"anyone"`: no token needed; `"authenticated"`: any valid token.
+    Word(PrincipalWord),
+    /// Whom, by issuer, subject, role and scope.
+    Table(PrincipalSource),
+}
+
+/// The word forms of `allow` / `deny`.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum PrincipalWord {
+    /// Anyone, with or without a token.
+    Anyone,
+    /// Any caller with a valid token of a policy issuer.
+    Authenticated,
+}
+
 /// The table form of `allow` / `deny`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalSource {
     /// Issuer names (any of).
@@ -197,19 +259,21 @@ pub struct PrincipalSource {
 }
 
 /// `[revoked]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedSource {
     /// Revoked subjects: a list (single-issuer policies) or a table by issuer name.
+    #[schemars(with = "Option<RevokedSubjects>")]
     #[serde(default)]
     pub subjects: Option<Spanned<RevokedSubjects>>,
     /// Revoked token ids.
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub token_ids: Vec<Spanned<String>>,
 }
 
 /// `[revoked] subjects`: a plain list is only unambiguous when the policy has one issuer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RevokedSubjects {
     /// `subjects = ["a", "b"]`.

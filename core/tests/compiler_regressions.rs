@@ -221,3 +221,171 @@ fn encoded_paths_in_rules_are_errors_saying_to_write_them_decoded() {
     assert_eq!(errors(text), [("bad_path", 4)]);
     assert!(hint_of(text, "bad_path").contains("parameters"));
 }
+
+// Issue 11, item 4: every problem of a policy in one run, with "did you mean" and a hint for
+// a key written under the wrong table header. Before, serde stopped at the first unknown key
+// or wrong type and everything else went unreported.
+
+fn errors_with_hints(text: &str) -> Vec<(&'static str, usize, usize, String)> {
+    diagnostics(text)
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.kind, d.line, d.column, d.hint.unwrap_or_default()))
+        .collect()
+}
+
+/// A misspelt key, a wrong type, a bad value, a key under the wrong header and semantic
+/// errors, in different rules and issuers: all reported, each at its place.
+#[test]
+fn every_structural_and_semantic_error_comes_in_one_run() {
+    let text = r#"version = 1
+mode = "enforcee"
+[token]
+forward = false
+default = "allow"
+[issuers.kc]
+issuer = 3
+audiences = ["api"]
+algorithms = ["RS256"]
+[issuers.entra]
+issuer = "https://login.example/v2.0"
+audiences = ["api"]
+algorithms = ["RS256", "none"]
+[[rules]]
+nmae = "score"
+paths = ["/score"]
+allow = "authenticated"
+[[rules]]
+name = "health"
+paths = ["/health", "health"]
+allow = "anyone"
+[[rules]]
+name = "admin"
+paths = ["/admin/*"]
+allow = { issuers = ["entar"] }
+"#;
+    let found: Vec<(&str, usize, usize)> = errors_with_hints(text)
+        .into_iter()
+        .map(|(kind, line, column, _)| (kind, line, column))
+        .collect();
+    let mut sorted = found.clone();
+    sorted.sort_by_key(|(_, line, column)| (*line, *column));
+    assert_eq!(
+        sorted,
+        [
+            ("bad_value", 2, 8),
+            ("unknown_field", 5, 1),
+            ("wrong_type", 7, 10),
+            ("algorithm_none", 13, 24),
+            ("unknown_field", 15, 1),
+            ("bad_path", 20, 21),
+            ("unknown_issuer", 25, 9),
+        ],
+        "{:#?}",
+        diagnostics(text)
+    );
+}
+
+#[test]
+fn unknown_names_get_did_you_mean() {
+    let hint = |text: &str, kind: &str| {
+        errors_with_hints(text)
+            .into_iter()
+            .find(|(k, ..)| *k == kind)
+            .map(|(.., hint)| hint)
+            .unwrap_or_default()
+    };
+    let rule = |body: &str| {
+        format!(
+            "version = 1\n{}[[rules]]\n{body}\n",
+            issuer("keycloak", "https://idp", "")
+        )
+    };
+    // A field of a rule, of an issuer, of a principal table.
+    assert_eq!(
+        hint(&rule("nmae = \"r\"\nallow = \"anyone\""), "unknown_field"),
+        "did you mean `name`?"
+    );
+    assert_eq!(
+        hint(
+            &format!(
+                "version = 1\n{}",
+                issuer("keycloak", "https://idp", "audience = [\"x\"]")
+            ),
+            "unknown_field"
+        ),
+        "did you mean `audiences`?"
+    );
+    assert_eq!(
+        hint(
+            &rule("name = \"r\"\nallow = { role_any = [\"a\"] }"),
+            "bad_principal"
+        ),
+        "did you mean `roles_any`?"
+    );
+    // A value of an enumeration, a word of `allow`.
+    assert_eq!(
+        hint("version = 1\ndefault = \"alow\"\n", "bad_value"),
+        "did you mean `allow`?"
+    );
+    assert_eq!(
+        hint(
+            &rule("name = \"r\"\nallow = \"authenticatd\""),
+            "bad_principal"
+        ),
+        "did you mean `authenticated`?"
+    );
+    // An issuer named by a rule and by `[revoked.subjects]`.
+    assert_eq!(
+        hint(
+            &rule("name = \"r\"\nallow = { issuers = [\"keycloack\"] }"),
+            "unknown_issuer"
+        ),
+        "did you mean `keycloak`?"
+    );
+    assert_eq!(
+        hint(
+            &format!(
+                "version = 1\n{}[revoked.subjects]\nkeycloac = [\"svc-old\"]\n",
+                issuer("keycloak", "https://idp", "")
+            ),
+            "unknown_issuer"
+        ),
+        "did you mean `keycloak`?"
+    );
+    // Nothing close: the names to choose from, for people (not Rust's debug form).
+    assert_eq!(
+        hint(
+            &rule("name = \"r\"\nallow = { issuers = [\"okta\"] }"),
+            "unknown_issuer"
+        ),
+        "known issuers: `keycloak`"
+    );
+}
+
+/// A key written after a table header lands in that table: the hint names the table it
+/// belongs to, for the top level and for a nested table (`[issuers.X.jwks]`).
+#[test]
+fn keys_after_a_table_header_are_pointed_back_to_their_table() {
+    let text = format!(
+        "version = 1\n[issuers.kc]\nissuer = \"https://idp\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n[issuers.kc.jwks]\nuri = \"https://idp/certs\"\nclock_skew = \"30s\"\n{RULE}default = \"allow\"\n"
+    );
+    let found = errors_with_hints(&text);
+    assert_eq!(
+        found,
+        [
+            (
+                "unknown_field",
+                8,
+                1,
+                "`clock_skew` is a key of `[issuers.kc]`: keys after `[issuers.kc.jwks]` belong to that table; move `clock_skew = …` up into `[issuers.kc]`, above `[issuers.kc.jwks]`".to_owned()
+            ),
+            (
+                "unknown_field",
+                13,
+                1,
+                "`default` is a top-level key: keys after `[[rules]]` #1 belong to that table; move `default = …` above the first table header".to_owned()
+            ),
+        ]
+    );
+}

@@ -65,6 +65,8 @@ pub enum Command {
     Manifest(manifest::ManifestArgs),
     /// Summarise a deployed policy from its pluginConfig or WasmPlugin YAML (for reviews).
     Show(show::ShowArgs),
+    /// Print the JSON Schema of the policy language (for editors: Taplo's `#:schema`).
+    Schema,
 }
 
 /// `compile` arguments.
@@ -184,6 +186,7 @@ pub fn read_file(path: &Path) -> Result<String, CliError> {
 /// Compiles a policy file, reading JWKS files relative to it.
 pub fn compile_file(path: &Path) -> Result<Compiled, CliError> {
     let text = read_file(path)?;
+    output::remember_source(&path.display().to_string(), &text);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let reader =
         move |name: &str| std::fs::read_to_string(base.join(name)).map_err(|e| e.to_string());
@@ -210,9 +213,7 @@ pub fn engine_from(compiled: &Compiled) -> Result<Engine, CliError> {
 }
 
 pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
-    for d in diagnostics {
-        output::errln(&d.to_string());
-    }
+    output::print_diagnostics(diagnostics);
 }
 
 /// `compile`.
@@ -369,6 +370,29 @@ pub(crate) fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A list of names for people: separated by `, `, `-` when empty. A name that could be
+/// misread (empty, with a comma, a space, a quote or a control character) is quoted and
+/// escaped, so a role `a,b` does not pass for two.
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        return "-".to_owned();
+    }
+    list.iter()
+        .map(|name| {
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| !c.is_control() && !c.is_whitespace() && !matches!(c, ',' | '"'));
+            if plain {
+                name.clone()
+            } else {
+                serde_json::Value::String(name.clone()).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Renders a decision for people.
 pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     use std::fmt::Write as _;
@@ -393,19 +417,24 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
         }
     }
     let _ = writeln!(out, "rule:     {}", decision.rule.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "matched:  {:?}", decision.matched_rules);
+    let _ = writeln!(out, "matched:  {}", names(&decision.matched_rules));
     if !decision.captures.is_empty() {
-        let _ = writeln!(out, "captures: {:?}", decision.captures);
+        let captures: Vec<String> = decision
+            .captures
+            .iter()
+            .map(|(name, value)| format!("{name}={}", terminal_safe(value)))
+            .collect();
+        let _ = writeln!(out, "captures: {}", captures.join(" "));
     }
     if let Some(id) = &decision.identity {
         let _ = writeln!(
             out,
-            "identity: issuer={} subject={} client={} roles={:?} scopes={:?}",
+            "identity: issuer={} subject={} client={} roles={} scopes={}",
             id.issuer,
             terminal_safe(&id.subject),
             terminal_safe(id.client.as_deref().unwrap_or("-")),
-            id.roles,
-            id.scopes
+            names(&id.roles),
+            names(&id.scopes)
         );
     }
     for (name, value) in engine.upstream_headers(decision) {
@@ -505,6 +534,12 @@ pub fn version_text() -> String {
     )
 }
 
+/// `schema`: the JSON Schema the repository ships as `schema/claimgate-policy.schema.json`.
+pub fn cmd_schema() -> Result<Exit, CliError> {
+    output::out(&compile::policy_schema_json())?;
+    Ok(Exit::Ok)
+}
+
 /// Parses the arguments and runs the command; prints errors; returns the exit code.
 pub fn run<I, T>(args: I) -> ExitCode
 where
@@ -533,6 +568,7 @@ where
         Command::Test(args) => cases::cmd_test(args),
         Command::Manifest(args) => manifest::cmd_manifest(args),
         Command::Show(args) => show::cmd_show(args),
+        Command::Schema => cmd_schema(),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -549,6 +585,19 @@ where
 #[cfg(test)]
 mod terminal_tests {
     use super::terminal_safe;
+
+    #[test]
+    fn names_are_shown_plainly_and_unambiguously() {
+        let list = |names: &[&str]| {
+            super::names(&names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(list(&[]), "-");
+        assert_eq!(list(&["ml-scorer", "viewer"]), "ml-scorer, viewer");
+        assert_eq!(
+            list(&["viewer,ml-admin", "a b", "x\ny", ""]),
+            "\"viewer,ml-admin\", \"a b\", \"x\\ny\", \"\""
+        );
+    }
 
     #[test]
     fn token_text_cannot_fake_output_lines() {

@@ -32,6 +32,8 @@ pub struct Diagnostic {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
+    /// Byte range in the file (for snippets and editors).
+    pub span: Range<usize>,
 }
 
 impl std::fmt::Display for Diagnostic {
@@ -58,6 +60,9 @@ pub(super) struct Context<'a> {
     file: &'a str,
     text: &'a str,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// Issuers left out because their table was reported as malformed: a rule naming one
+    /// is not also told the issuer does not exist.
+    pub(super) malformed_issuers: Vec<String>,
 }
 
 impl<'a> Context<'a> {
@@ -66,6 +71,7 @@ impl<'a> Context<'a> {
             file,
             text,
             diagnostics: Vec::new(),
+            malformed_issuers: Vec::new(),
         }
     }
 
@@ -86,6 +92,7 @@ impl<'a> Context<'a> {
         hint: String,
     ) {
         let (line, column) = self.position(span.start);
+        let end = span.end.clamp(span.start, self.text.len());
         self.diagnostics.push(Diagnostic {
             severity,
             kind,
@@ -94,6 +101,7 @@ impl<'a> Context<'a> {
             file: self.file.to_owned(),
             line,
             column,
+            span: span.start.min(end)..end,
         });
     }
 

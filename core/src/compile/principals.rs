@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use super::diagnostics::Context;
 use super::rules::is_variable_name;
+use super::suggest;
 use crate::compiled::{Effect, Principal, Requirement, RoleRef, ScopedSubject, TemplatePart};
 use crate::source::{PrincipalSource, RuleSource};
 
@@ -149,6 +150,7 @@ fn requirement(
         match issuers.get(name.as_str()) {
             Some(&id) if !issuer_ids.contains(&id) => issuer_ids.push(id),
             Some(_) => {}
+            None if cx.malformed_issuers.contains(name) => ok = false,
             None => {
                 let mut known: Vec<&str> = issuers.keys().copied().collect();
                 known.sort_unstable();
@@ -156,7 +158,7 @@ fn requirement(
                     "unknown_issuer",
                     span,
                     format!("rule `{rule}` names unknown issuer `{name}`"),
-                    format!("known issuers: {known:?}"),
+                    suggest::hint(name, known, "known issuers"),
                 );
                 ok = false;
             }
@@ -180,7 +182,10 @@ fn requirement(
                             "undefined_variable",
                             span,
                             format!("rule `{rule}`: role template `{role}` uses `{{{var}}}`, which not every path of the rule captures"),
-                            format!("variables captured by every path: {variables:?}"),
+                            format!(
+                                "variables captured by every path: {}",
+                                suggest::list(variables.iter().map(String::as_str))
+                            ),
                         );
                         ok = false;
                     } else {
@@ -221,7 +226,10 @@ fn requirement(
                 "rule `{rule}` names subjects without saying whose: the policy has {} issuers and `sub` is unique per issuer only",
                 issuers.len()
             ),
-            format!("add `issuers = [\"…\"]` (one of {known:?}) to the same table"),
+            format!(
+                "add `issuers = [\"…\"]` (one of {}) to the same table",
+                suggest::list(known)
+            ),
         );
         ok = false;
     }
@@ -274,13 +282,7 @@ hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
         let errors = errors_of(&text);
         assert_eq!(kinds_of(&errors), ["unscoped_subjects"]);
         assert_eq!(errors[0].line, 15);
-        assert!(
-            errors[0]
-                .hint
-                .as_deref()
-                .unwrap()
-                .contains("[\"entra\", \"kc\"]")
-        );
+        assert!(errors[0].hint.as_deref().unwrap().contains("`entra`, `kc`"));
 
         let text = format!(
             "{TWO_ISSUERS}{}",

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::diagnostics::Context;
+use super::suggest;
 use crate::compiled::{Revocations, ScopedSubject};
 use crate::source::{RevokedSource, RevokedSubjects};
 
@@ -83,7 +84,8 @@ fn subjects(
                     issuers.len()
                 ),
                 format!(
-                    "write `[revoked.subjects]` with one list per issuer ({known:?}), e.g. `{} = [\"svc-old\"]`",
+                    "write `[revoked.subjects]` with one list per issuer ({}), e.g. `{} = [\"svc-old\"]`",
+                    suggest::list(known.iter().copied()),
                     known.first().copied().unwrap_or("keycloak")
                 ),
             ),
@@ -96,11 +98,12 @@ fn subjects(
                             push(cx, issuer, subject);
                         }
                     }
+                    None if cx.malformed_issuers.contains(name) => {}
                     None => cx.error(
                         "unknown_issuer",
                         &span,
                         format!("`[revoked.subjects]` names unknown issuer `{name}`"),
-                        format!("known issuers: {known:?}"),
+                        suggest::hint(name, known.iter().copied(), "known issuers"),
                     ),
                 }
             }
