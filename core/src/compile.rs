@@ -41,6 +41,7 @@ pub use diagnostics::{Diagnostic, Severity};
 pub use durations::parse_duration;
 pub use rules::{PathError, parse_path};
 pub use schema::{policy_schema, policy_schema_json};
+pub use suggest::closest as closest_name;
 
 /// A successful compilation.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use claimgate_core::engine::Request;
+use claimgate_core::compile;
+use claimgate_core::engine::{Engine, Request};
 use serde::Deserialize;
 
 use crate::{
@@ -166,8 +167,9 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
             && decision.rule.as_deref() != Some(rule.as_str())
         {
             failures.push(format!(
-                "rule: expected {rule}, got {}",
-                decision.rule.as_deref().unwrap_or("-")
+                "rule: expected {rule}, got {}{}",
+                decision.rule.as_deref().unwrap_or("-"),
+                unknown_rule(&engine, rule)
             ));
         }
         results.push(CaseResult {
@@ -177,6 +179,19 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
         });
     }
     Ok(results)
+}
+
+/// ` (the policy has no rule `x`; did you mean `y`?)` when an expected rule is not a rule of
+/// the policy at all (a case that can never pass), else nothing.
+fn unknown_rule(engine: &Engine, rule: &str) -> String {
+    let names = || engine.policy().rules.iter().map(|r| r.name.as_str());
+    if names().any(|name| name == rule) {
+        return String::new();
+    }
+    match compile::closest_name(rule, names()) {
+        Some(best) => format!(" (the policy has no rule `{rule}`; did you mean `{best}`?)"),
+        None => format!(" (the policy has no rule `{rule}`)"),
+    }
 }
 
 /// `test`.

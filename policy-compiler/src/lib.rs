@@ -341,7 +341,13 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
             .iter()
             .enumerate()
             .find(|(_, i)| i.name == name)
-            .ok_or_else(|| CliError::Usage(format!("no issuer `{name}` in the policy")))?;
+            .ok_or_else(|| {
+                let names = engine.policy().issuers.iter().map(|i| i.name.as_str());
+                let suggestion = compile::closest_name(name, names)
+                    .map(|best| format!("; did you mean `{best}`?"))
+                    .unwrap_or_default();
+                CliError::Usage(format!("no issuer `{name}` in the policy{suggestion}"))
+            })?;
         let parsed = parse_jwks(&read_file(Path::new(file))?)
             .map_err(|e| CliError::Usage(format!("{file}: {e}")))?;
         // As the filter installs a fetched set: the issuer's HMAC secret stays beside it.

@@ -37,7 +37,7 @@ error[unknown_field]: unknown field `nmae` in `[[rules]]` #1
   |
   = help: did you mean `name`?
 
-error[bad_principal]: `anyon` is not a value of `allow`: write one of `anyone`, `authenticated`
+error[bad_principal]: `anyon` is not a value of `allow`: write one of `anyone`, `authenticated`, or a table
  --> policy.toml:8:9
   |
 8 | allow = "anyon"
@@ -61,4 +61,67 @@ fn check_reports_every_problem_with_a_snippet() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(output.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&output.stderr), EXPECTED);
+}
+
+/// Runs the binary in `dir` and returns its exit code, stdout and stderr.
+fn run(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_claimgate"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Names the policy does not have, where the CLI takes them: the deciding rule a test case
+/// expects, the issuer of `explain --jwks`.
+#[test]
+fn names_the_policy_does_not_have_get_did_you_mean() {
+    let dir = std::env::temp_dir().join(format!("claimgate-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        "version = 1\n[issuers.keycloak]\nissuer = \"https://idp\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n[issuers.keycloak.jwks]\nuri = \"https://idp/certs\"\n[[rules]]\nname = \"health\"\npaths = [\"/health\"]\nallow = \"anyone\"\n[[rules]]\nname = \"score\"\npaths = [\"/score\"]\nallow = { issuers = [\"keycloak\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("cases.toml"),
+        "[[case]]\nname = \"health\"\npath = \"/health\"\nexpect = { decision = \"allow\", rule = \"helth\" }\n[[case]]\nname = \"other\"\npath = \"/health\"\nexpect = { decision = \"allow\", rule = \"score\" }\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = run(&dir, &["test", "policy.toml", "cases.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stdout.contains(
+            "rule: expected helth, got health (the policy has no rule `helth`; did you mean `health`?)"
+        ),
+        "{stdout}"
+    );
+    // A rule the policy has, that simply did not decide: no suggestion.
+    assert!(
+        stdout.contains("rule: expected score, got health\n"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(
+        &dir,
+        &[
+            "explain",
+            "--policy",
+            "policy.toml",
+            "--path",
+            "/health",
+            "--jwks",
+            "keycloack=keys.json",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no issuer `keycloack` in the policy; did you mean `keycloak`?"),
+        "{stderr}"
+    );
 }

@@ -59,6 +59,7 @@ pub(super) fn check(
         problems: Vec::new(),
         tables: Vec::new(),
         kind: None,
+        others: None,
     };
     let span = document.span();
     let mut path = Vec::new();
@@ -87,6 +88,8 @@ struct Walker<'s> {
     /// The kind problems are reported as here (`x-claimgate-kind` of an enclosing schema),
     /// e.g. `bad_principal` inside `allow` / `deny`.
     kind: Option<&'static str>,
+    /// The other forms the value could take (of another type), while checking one form.
+    others: Option<String>,
 }
 
 impl<'s> Walker<'s> {
@@ -299,9 +302,13 @@ impl<'s> Walker<'s> {
                     kind: self.kind.unwrap_or("bad_value"),
                     span,
                     message: format!(
-                        "`{word}` is not a value of {}: write one of {}",
+                        "`{word}` is not a value of {}: write one of {}{}",
                         subject(path),
-                        suggest::list(words.iter().copied())
+                        suggest::list(words.iter().copied()),
+                        self.others
+                            .as_deref()
+                            .map(|others| format!(", or {others}"))
+                            .unwrap_or_default()
                     ),
                     hint: suggest::hint(word, words.iter().copied(), "values"),
                 });
@@ -348,6 +355,7 @@ impl<'s> Walker<'s> {
                     problems: Vec::new(),
                     tables: self.tables.clone(),
                     kind: self.kind,
+                    others: None,
                 };
                 let mut copy = value.clone();
                 if trial.value(branch, &mut copy, &mut path.clone()) && trial.problems.is_empty() {
@@ -355,10 +363,20 @@ impl<'s> Walker<'s> {
                 }
             }
         }
-        match fitting.first() {
-            Some(branch) => self.value(branch, value, path),
-            None => false,
-        }
+        let Some(branch) = fitting.first() else {
+            return false;
+        };
+        // The forms of another type (`allow` is also a table), named in the problem.
+        let others: Vec<String> = branches
+            .iter()
+            .filter(|b| !fitting.contains(b))
+            .map(|b| self.expected(b))
+            .collect();
+        let outer = self.others.take();
+        self.others = (!others.is_empty()).then(|| others.join(" or "));
+        let valid = self.value(branch, value, path);
+        self.others = outer;
+        valid
     }
 
     fn array(&mut self, schema: &'s Value, array: &mut DeArray<'_>, path: &mut Vec<Step>) -> bool {
@@ -569,5 +587,62 @@ fn quote_key(key: &str) -> String {
         key.to_owned()
     } else {
         format!("\"{key}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{errors_of, kinds_of};
+
+    fn placed(text: &str) -> Vec<(&'static str, usize, usize)> {
+        errors_of(text)
+            .iter()
+            .map(|e| (e.kind, e.line, e.column))
+            .collect()
+    }
+
+    #[test]
+    fn a_rule_with_a_structural_problem_is_left_out_whole_and_the_others_still_checked() {
+        // `algorithms = [3]` would leave an empty list (`no_algorithm`), a wrong `allow` no
+        // principal (`no_principal`): neither follow-on is reported.
+        let text = "version = 1\n[issuers.a]\nissuer = \"https://a\"\naudiences = [\"api\"]\nalgorithms = [3]\n[[rules]]\nname = \"r\"\nallow = 7\n[[rules]]\nname = \"s\"\npaths = [\"s\"]\nallow = { issuers = [\"a\"] }\n";
+        assert_eq!(
+            placed(text),
+            [
+                ("wrong_type", 5, 15),
+                ("bad_principal", 8, 9),
+                ("bad_path", 11, 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_every_syntax_error_are_reported() {
+        let text = "version = 1\n[issuers.a]\naudiences = [\"api\"]\n";
+        assert_eq!(
+            placed(text),
+            [("missing_field", 2, 1), ("missing_field", 2, 1)]
+        );
+        let errors = errors_of("version = 1\n[issuers.a]\nissuer = \"https://a\"\n");
+        assert!(errors[0].message.contains("`algorithms`"), "{errors:#?}");
+        let syntax = errors_of("version = = 1\nname = \"x\nmode = [\n");
+        assert!(syntax.len() >= 2, "{syntax:#?}");
+        assert!(kinds_of(&syntax).iter().all(|k| *k == "syntax"));
+    }
+
+    #[test]
+    fn keys_of_inline_tables_are_not_taken_for_misplaced_ones() {
+        let text = "version = 1\n[[rules]]\nname = \"r\"\nallow = { default = \"allow\" }\n";
+        let errors = errors_of(text);
+        assert_eq!(kinds_of(&errors), ["bad_principal"]);
+        assert!(
+            !errors[0].hint.as_deref().unwrap().contains("top-level"),
+            "{errors:#?}"
+        );
+        // A dotted key names a table without a header too.
+        let dotted = "version = 1\n[issuers.a]\nissuer = \"https://a\"\nalgorithms = [\"RS256\"]\njwks.uri = \"https://a/certs\"\njwks.version = 1\n";
+        let errors = errors_of(dotted);
+        assert_eq!(kinds_of(&errors), ["unknown_field"]);
+        assert!(!errors[0].hint.as_deref().unwrap().contains("top-level"));
     }
 }

@@ -3,10 +3,7 @@
 /// The candidate closest to `word`, if it is close enough to be a likely slip: at most one
 /// edit (insert, delete, substitute, swap) per three characters, and at least one allowed.
 /// Case differences count as no edit at all.
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = word.to_lowercase();
     let allowed = (lower.chars().count() / 3).max(1);
     candidates
