@@ -2,9 +2,12 @@
 uses it: every example names it with Taplo's `#:schema` directive and validates against it
 (TOML read by Python's tomllib, validated by the independent `jsonschema` package), and the
 schema refuses the mistakes the compiler refuses (unknown keys, wrong types, bad values).
-The shipped file equals what the source types generate (`claimgate schema`, and a cargo test)."""
+Taplo itself (the TOML toolkit behind VS Code's "Even Better TOML") follows the directive: it
+accepts every example and refuses a misspelt key. The shipped file equals what the source types
+generate (`claimgate schema`, and a cargo test)."""
 
 import json
+import shutil
 import subprocess
 import tomllib
 
@@ -17,6 +20,7 @@ ROOT = h.ROOT
 SCHEMA_PATH = ROOT / "schema" / "claimgate-policy.schema.json"
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 DIRECTIVE = "#:schema ../schema/claimgate-policy.schema.json"
+TAPLO = ROOT / ".tools" / "venv" / "bin" / "taplo"
 
 MINIMAL = """
 version = 1
@@ -118,3 +122,28 @@ def test_the_compiler_refuses_what_the_schema_refuses(tmp_path):
     report = json.loads(out.stdout)
     kinds = sorted(d["kind"] for d in report["diagnostics"])
     assert kinds == ["bad_principal", "bad_value", "unknown_field", "wrong_type"], report
+
+
+def taplo_lint(*files, cwd):
+    # --no-auto-config: only the `#:schema` directive selects the schema.
+    return subprocess.run(
+        [TAPLO, "lint", "--no-auto-config", *files], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_taplo_follows_the_directive_of_every_example():
+    out = taplo_lint(*[str(p.relative_to(ROOT)) for p in EXAMPLES], cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+def test_taplo_refuses_a_misspelt_key_through_the_directive(tmp_path):
+    (tmp_path / "schema").mkdir()
+    shutil.copy(SCHEMA_PATH, tmp_path / "schema" / SCHEMA_PATH.name)
+    (tmp_path / "examples").mkdir()
+    example = ROOT / "examples" / "vault.toml"
+    (tmp_path / "examples" / "ok.toml").write_text(example.read_text())
+    (tmp_path / "examples" / "bad.toml").write_text(example.read_text().replace("version = 1", "version = 1\nmdoe = \"audit\"", 1))
+    assert taplo_lint("examples/ok.toml", cwd=tmp_path).returncode == 0
+    out = taplo_lint("examples/bad.toml", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "'mdoe' was unexpected" in out.stderr

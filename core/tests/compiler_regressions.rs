@@ -279,7 +279,7 @@ allow = { issuers = ["entar"] }
             ("algorithm_none", 13, 24),
             ("unknown_field", 15, 1),
             ("bad_path", 20, 21),
-            ("unknown_issuer", 25, 9),
+            ("unknown_issuer", 25, 22),
         ],
         "{:#?}",
         diagnostics(text)

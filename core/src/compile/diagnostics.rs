@@ -105,6 +105,24 @@ impl<'a> Context<'a> {
         });
     }
 
+    /// The place of the string `literal` inside `span` (its first quoted occurrence), for a
+    /// name inside a value the source types keep no place for (`allow = { … }`); `span`
+    /// itself when it is not written plainly there.
+    pub(super) fn narrow(&self, span: &Range<usize>, literal: &str) -> Range<usize> {
+        let Some(within) = self.text.get(span.clone()) else {
+            return span.clone();
+        };
+        ['"', '\'']
+            .iter()
+            .find_map(|quote| {
+                let quoted = format!("{quote}{literal}{quote}");
+                within
+                    .find(&quoted)
+                    .map(|at| span.start + at..span.start + at + quoted.len())
+            })
+            .unwrap_or_else(|| span.clone())
+    }
+
     /// Records an error.
     pub(super) fn error(
         &mut self,
@@ -159,6 +177,19 @@ mod tests {
         let eq = text.find('=').map(|_| text.rfind('=').unwrap()).unwrap();
         assert_eq!(cx.position(eq), (2, 6));
         assert_eq!(cx.position(10_000), (3, 1));
+    }
+
+    #[test]
+    fn names_inside_a_value_are_placed_where_they_are_written() {
+        let text = "allow = { issuers = [\"kc\", 'entar'], roles_any = [\"\"] }\n";
+        let cx = Context::new("p.toml", text);
+        let value = 8..text.len() - 1;
+        let entar = cx.narrow(&value, "entar");
+        assert_eq!(text.get(entar), Some("'entar'"));
+        let empty = cx.narrow(&value, "");
+        assert_eq!(text.get(empty), Some("\"\""));
+        assert_eq!(cx.narrow(&value, "okta"), value);
+        assert_eq!(cx.narrow(&(5..500), "kc"), 5..500);
     }
 
     #[test]

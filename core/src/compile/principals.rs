@@ -114,9 +114,10 @@ fn no_empty_names(
     list: &[String],
 ) -> bool {
     if list.iter().any(String::is_empty) {
+        let place = cx.narrow(span, "");
         cx.error(
             "empty_name",
-            span,
+            &place,
             format!("rule `{rule}` has an empty name `\"\"` in `{field}`"),
             format!("remove `\"\"` from `{field}`"),
         );
@@ -154,9 +155,10 @@ fn requirement(
             None => {
                 let mut known: Vec<&str> = issuers.keys().copied().collect();
                 known.sort_unstable();
+                let place = cx.narrow(span, name);
                 cx.error(
                     "unknown_issuer",
-                    span,
+                    &place,
                     format!("rule `{rule}` names unknown issuer `{name}`"),
                     suggest::hint(name, known, "known issuers"),
                 );
@@ -178,9 +180,10 @@ fn requirement(
                         _ => None,
                     });
                     if let Some(var) = undefined {
+                        let place = cx.narrow(span, role);
                         cx.error(
                             "undefined_variable",
-                            span,
+                            &place,
                             format!("rule `{rule}`: role template `{role}` uses `{{{var}}}`, which not every path of the rule captures"),
                             format!(
                                 "variables captured by every path: {}",
@@ -193,9 +196,10 @@ fn requirement(
                     }
                 }
                 Err(message) => {
+                    let place = cx.narrow(span, role);
                     cx.error(
                         "bad_template",
-                        span,
+                        &place,
                         message,
                         "a role template fills `{variable}` from the rule's paths, e.g. `model.{model}.invoke`",
                     );
