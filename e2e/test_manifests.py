@@ -356,6 +356,7 @@ def test_flags_that_disagree_with_the_target_or_policy_warn(tmp_path):
         (KIND_POLICY, ["--selector", "app=scorer"], "matches workloads in every namespace"),
         (KIND_POLICY, ["--namespace", "ml-serving", "--selector", "app=scorer", "--mode", "CLIENT_AND_SERVER"], "decides the workload's own outbound requests"),
         (KIND_POLICY, ["--namespace", "ml-serving", "--namespace-wide"], "every workload in `ml-serving`"),
+        (ROOT / "examples" / "local-demo.toml", ["--namespace", "ml-serving", "--selector", "app=scorer"], "inside a pod that is the workload itself"),
         (keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-batch.svc.cluster.local"]\n'), ["--namespace", "ml-serving", "--selector", "app=scorer"], "names only Services of namespace(s) ml-batch"),
         (keyset_policy(tmp_path, "https://login.example.com/keys", 'hosts = ["scorer.ml-serving.svc.cluster.local"]\n'), ["--target-ref", "Gateway/ingress"], "requests through a Gateway carry the external host name"),
     ]

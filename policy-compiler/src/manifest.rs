@@ -370,6 +370,18 @@ fn jwks_host_problems(
         )));
     }
     let mut warnings = Vec::new();
+    let host = endpoint.host.trim_end_matches('.');
+    if host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
+        warnings.push(format!(
+            "issuer `{issuer}`: the key set is at `{}`: inside a pod that is the workload itself, not the IdP (a local-test policy?); name the IdP's Service or host",
+            endpoint.host
+        ));
+    }
     if endpoint.is_two_labels() {
         warnings.push(format!(
             "issuer `{issuer}`: `{host}` is taken for a host outside the cluster (ServiceEntry, MESH_EXTERNAL); if it is the Service `{}` of namespace `{}`, write `{host}.svc`",
