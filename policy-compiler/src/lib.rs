@@ -212,6 +212,14 @@ pub fn engine_from(compiled: &Compiled) -> Result<Engine, CliError> {
     blob::engine_from_plugin_config(&json).map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// How many of `diagnostics` are of `severity` (notes never count as warnings).
+pub(crate) fn count(diagnostics: &[Diagnostic], severity: Severity) -> usize {
+    diagnostics
+        .iter()
+        .filter(|d| d.severity == severity)
+        .count()
+}
+
 pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
     output::print_diagnostics(diagnostics);
 }
@@ -220,7 +228,7 @@ pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
 pub fn cmd_compile(args: &CompileArgs) -> Result<Exit, CliError> {
     let compiled = compile_file(&args.policy)?;
     print_diagnostics(&compiled.warnings);
-    if args.deny_warnings && !compiled.warnings.is_empty() {
+    if args.deny_warnings && count(&compiled.warnings, Severity::Warning) > 0 {
         return Err(CliError::InvalidPolicy(Vec::new()));
     }
     let config: PluginConfig =
@@ -253,11 +261,8 @@ pub fn cmd_check(args: &CheckArgs) -> Result<Exit, CliError> {
         Err(other) => return Err(other),
     };
     diagnostics.sort_by_key(|d| (d.line, d.column));
-    let errors = diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .count();
-    let warnings = diagnostics.len() - errors;
+    let errors = count(&diagnostics, Severity::Error);
+    let warnings = count(&diagnostics, Severity::Warning);
     if args.json {
         let out = serde_json::json!({ "errors": errors, "warnings": warnings, "diagnostics": diagnostics });
         output::outln(&format!("{out:#}"))?;

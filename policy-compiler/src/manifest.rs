@@ -204,7 +204,11 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
     for warning in &warnings {
         crate::output::errln(&format!("warning: {warning}"));
     }
-    let warning_count = warnings.len() + compiled.warnings.len();
+    let warning_count = warnings.len()
+        + crate::count(
+            &compiled.warnings,
+            claimgate_core::compile::Severity::Warning,
+        );
     if args.deny_warnings && warning_count > 0 {
         return Err(CliError::DeniedWarnings(warning_count));
     }

@@ -67,6 +67,7 @@ pub fn render_diagnostic(diagnostic: &Diagnostic, source: Option<&str>, colour: 
     let level = match diagnostic.severity {
         Severity::Error => Level::ERROR,
         Severity::Warning => Level::WARNING,
+        Severity::Note => Level::NOTE,
     };
     let title = level
         .primary_title(diagnostic.message.as_str())

@@ -125,3 +125,40 @@ fn names_the_policy_does_not_have_get_did_you_mean() {
         "{stderr}"
     );
 }
+
+/// Keycloak serves an RSA-OAEP `use: enc` key beside its signing key. Skipping it is expected:
+/// a note that `--deny-warnings` lets pass (the filter logs it at info), while any other
+/// skipped key stays a warning that fails it.
+#[test]
+fn an_encryption_key_is_a_note_and_other_skipped_keys_are_warnings() {
+    let sig = r#"{"kty":"EC","crv":"P-256","kid":"sig-1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+    let enc = r#"{"kty":"RSA","kid":"enc-1","use":"enc","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"}"#;
+    let policy = |keys: &str| {
+        format!(
+            "version = 1\n[issuers.kc]\nissuer = \"https://kc.example/realms/ml\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n[issuers.kc.jwks]\ninline = '{{\"keys\":[{keys}]}}'\n[[rules]]\nname = \"r\"\nallow = \"authenticated\"\n"
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("claimgate-enc-note-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_claimgate"))
+            .args(["check", "--deny-warnings", name])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let keycloak = check("keycloak.toml", policy(&format!("{enc},{sig}")));
+    let stderr = String::from_utf8_lossy(&keycloak.stderr);
+    assert_eq!(keycloak.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("note[skipped_keys]"), "{stderr}");
+    assert!(stderr.contains("0 warning(s)"), "{stderr}");
+    let odd = check(
+        "odd.toml",
+        policy(&format!(r#"{enc},{{"kty":"oct","k":"AAAA"}},{sig}"#)),
+    );
+    let stderr = String::from_utf8_lossy(&odd.stderr);
+    assert_eq!(odd.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("warning[skipped_keys]"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,6 +13,20 @@ pub enum Severity {
     Error,
     /// The policy compiles, but probably not as meant.
     Warning,
+    /// Worth knowing, expected in a sound policy (e.g. an encryption key skipped from a key
+    /// set): shown, never counted as a warning (`--deny-warnings` passes).
+    Note,
+}
+
+impl Severity {
+    /// The word the CLI prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        }
+    }
 }
 
 /// A problem found in a policy, with its place.
@@ -38,10 +52,7 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
+        let severity = self.severity.as_str();
         write!(
             f,
             "{}:{}:{}: {severity}[{}]: {}",
@@ -143,6 +154,17 @@ impl<'a> Context<'a> {
         hint: impl Into<String>,
     ) {
         self.push(Severity::Warning, kind, span, message.into(), hint.into());
+    }
+
+    /// Records a note.
+    pub(super) fn note(
+        &mut self,
+        kind: &'static str,
+        span: &Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(Severity::Note, kind, span, message.into(), hint.into());
     }
 
     /// A mark to ask later whether errors were raised since ([`Context::errors_since`]).

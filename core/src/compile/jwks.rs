@@ -96,7 +96,15 @@ fn inline_keys(
             Ok(parsed) => {
                 // The same summary the filter logs for a fetched set: one line, bounded.
                 if !parsed.skipped.is_empty() {
-                    cx.warn(
+                    // Encryption keys alone are expected (Keycloak publishes one): a note,
+                    // as the filter logs them at info rather than warn.
+                    let report = if parsed.skipped.only_encryption_keys() {
+                        Context::note
+                    } else {
+                        Context::warn
+                    };
+                    report(
+                        cx,
                         "skipped_keys",
                         &spanned_text.span(),
                         format!("issuer `{issuer}`: {}", parsed.skipped),
