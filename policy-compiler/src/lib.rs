@@ -10,6 +10,7 @@
 pub mod cases;
 pub mod manifest;
 pub mod output;
+pub mod package;
 pub mod show;
 
 use std::ffi::OsString;
@@ -67,6 +68,9 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Print the JSON Schema of the policy language (for editors: Taplo's `#:schema`).
     Schema,
+    /// Build the Wasm OCI image (Istio's compat variant) from the module as an OCI image
+    /// layout, optionally push it; prints the image digest a WasmPlugin's `sha256` must be.
+    Package(package::PackageArgs),
 }
 
 /// `compile` arguments.
@@ -580,6 +584,7 @@ where
         Command::Manifest(args) => manifest::cmd_manifest(args),
         Command::Show(args) => show::cmd_show(args),
         Command::Schema => cmd_schema(),
+        Command::Package(args) => package::cmd_package(args),
     };
     match result {
         Ok(exit) => exit.into(),

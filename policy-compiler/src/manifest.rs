@@ -66,12 +66,17 @@ pub struct ManifestArgs {
     /// Where istio-agent fetches the module: `oci://…`, `https://…` or `http://…`.
     #[arg(long)]
     pub wasm_url: String,
-    /// The built module, to compute its SHA-256 (or give `--sha256`).
-    #[arg(long, conflicts_with = "sha256", required_unless_present = "sha256")]
+    /// The built module, for `http(s)://` URLs: its SHA-256 is what istio-agent checks.
+    #[arg(long)]
     pub wasm: Option<PathBuf>,
-    /// SHA-256 of the module, 64 hex digits.
+    /// The checksum istio-agent checks, 64 hex digits: the module's SHA-256 for
+    /// `http(s)://`, the image manifest digest (as `claimgate package` prints it) for `oci://`.
     #[arg(long)]
     pub sha256: Option<String>,
+    /// For `oci://` URLs: the OCI image layout `claimgate package` wrote; its image
+    /// manifest digest is what istio-agent checks.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
     /// WasmPlugin name (default: `claimgate-` + the policy's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -446,19 +451,106 @@ fn service_namespace(host: &str) -> Option<&str> {
     (svc == "svc" && !namespace.is_empty()).then_some(namespace)
 }
 
+/// The `sha256` of the WasmPlugin: what istio-agent compares it with depends on the URL.
+/// For `oci://` it is the digest of the image manifest (Istio `pkg/wasm`: the fetched
+/// image's digest), never the `.wasm` file's hash — a WasmPlugin with the file's hash never
+/// loads and, failing closed, stops all traffic. For `http(s)://` it is the file's SHA-256.
+/// Every source given (flag, layout, file, `@sha256:` in the URL) must agree.
 fn module_sha256(args: &ManifestArgs) -> Result<String, CliError> {
-    if let Some(hex) = &args.sha256 {
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let flag = args.sha256.as_deref().map(sha256_flag).transpose()?;
+    match args.wasm_url.strip_prefix("oci://") {
+        Some(reference) => oci_image_digest(reference, args, flag),
+        None => module_file_digest(args, flag),
+    }
+}
+
+fn sha256_flag(text: &str) -> Result<String, CliError> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::Usage(format!(
+            "--sha256: `{text}` is not 64 hex digits"
+        )));
+    }
+    Ok(hex.to_ascii_lowercase())
+}
+
+fn oci_image_digest(
+    reference: &str,
+    args: &ManifestArgs,
+    flag: Option<String>,
+) -> Result<String, CliError> {
+    if let Some(path) = &args.wasm {
+        return Err(CliError::Usage(format!(
+            "--wasm {}: istio-agent checks an oci:// module against the image manifest digest, \
+             not the .wasm file's SHA-256 (such a WasmPlugin never loads); build the image with \
+             `claimgate package {} -o DIR [--push REGISTRY/REPO:TAG]` and give --oci-layout DIR, \
+             or --sha256 with the digest it printed",
+            path.display(),
+            path.display()
+        )));
+    }
+    let (name, pinned) = match reference.rsplit_once('@') {
+        Some((name, digest)) => {
+            let hex = digest
+                .strip_prefix("sha256:")
+                .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--wasm-url: `@{digest}` is not a sha256 digest (sha256: and 64 lower-case hex digits)"
+                    ))
+                })?;
+            (name, Some(hex.to_owned()))
+        }
+        None => (reference, None),
+    };
+    // The tag picks the image in a layout that holds several.
+    let tag = name
+        .rsplit_once('/')
+        .and_then(|(_, last)| last.split_once(':'))
+        .map(|(_, tag)| tag);
+    let layout = args
+        .oci_layout
+        .as_deref()
+        .map(|dir| crate::package::layout_manifest_hex(dir, tag))
+        .transpose()?;
+    let sources = [
+        ("--sha256", flag),
+        ("--oci-layout", layout),
+        ("the URL's @sha256:", pinned),
+    ];
+    let mut given = sources
+        .iter()
+        .filter_map(|(source, hex)| hex.as_ref().map(|hex| (*source, hex)));
+    let Some((first_source, digest)) = given.next() else {
+        return Err(CliError::Usage(
+            "an oci:// module needs its image manifest digest: give --oci-layout DIR (written by \
+             `claimgate package`), --sha256 with the digest `package` printed, or pin the URL \
+             with @sha256:DIGEST"
+                .to_owned(),
+        ));
+    };
+    for (source, other) in given {
+        if other != digest {
             return Err(CliError::Usage(format!(
-                "--sha256: `{hex}` is not 64 hex digits"
+                "{first_source} gives image digest {digest} but {source} gives {other}"
             )));
         }
-        return Ok(hex.to_ascii_lowercase());
     }
-    let path = args
-        .wasm
-        .as_ref()
-        .ok_or_else(|| CliError::Usage("give --wasm FILE or --sha256 HEX".into()))?;
+    Ok(digest.clone())
+}
+
+fn module_file_digest(args: &ManifestArgs, flag: Option<String>) -> Result<String, CliError> {
+    if let Some(dir) = &args.oci_layout {
+        return Err(CliError::Usage(format!(
+            "--oci-layout {}: only for oci:// URLs; istio-agent checks a module fetched from \
+             `{}` against the file's own SHA-256: give --wasm FILE or --sha256",
+            dir.display(),
+            args.wasm_url
+        )));
+    }
+    let Some(path) = &args.wasm else {
+        return flag.ok_or_else(|| CliError::Usage("give --wasm FILE or --sha256 HEX".into()));
+    };
     let bytes = std::fs::read(path).map_err(|source| CliError::Io {
         path: path.display().to_string(),
         source,
@@ -469,7 +561,14 @@ fn module_sha256(args: &ManifestArgs) -> Result<String, CliError> {
             path.display()
         )));
     }
-    Ok(blob::sha256_hex(&bytes))
+    let hex = blob::sha256_hex(&bytes);
+    match flag {
+        Some(other) if other != hex => Err(CliError::Usage(format!(
+            "--sha256 {other} is not the SHA-256 of {} ({hex})",
+            path.display()
+        ))),
+        _ => Ok(hex),
+    }
 }
 
 fn check_url(url: &str) -> Result<(), CliError> {
