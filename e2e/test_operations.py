@@ -211,6 +211,9 @@ def test_every_decision_is_in_the_access_log(proxy):
         ("allow", None, "health", None),
     ]
     assert first[0]["claimgate_issuer"] == "keycloak" and first[0]["request_id"] == "ok-0"
+    # The trial (audit) rule's would-deny is in the trail too, and only on that request.
+    shadows = [(e["claimgate_shadow_reason"], e["claimgate_shadow_rule"]) for e in first]
+    assert shadows == [(None, None)] * 6 + [("explicit_deny", "trial-deny-batch"), (None, None)]
     # The path is logged without its query: a token sent as ?access_token= stays out.
     assert first[3]["path"] == "/score"
     text = proxy.access_log.read_text()
@@ -297,7 +300,7 @@ def test_telemetry_enables_the_access_log_where_the_plugin_runs():
     names = {p["name"] for p in telemetry["spec"]["accessLogging"][0]["providers"]}
     assert names == {PROVIDER} and it.provider(it.overlay(), PROVIDER)
     labels = it.provider(it.overlay(), PROVIDER)["envoyFileAccessLog"]["logFormat"]["labels"]
-    for field in ("decision", "reason", "rule", "subject", "issuer"):
+    for field in ("decision", "reason", "rule", "subject", "issuer", "shadow_reason", "shadow_rule"):
         assert labels[f"claimgate_{field}"] == f"%FILTER_STATE(wasm.claimgate.{field}:PLAIN)%"
     assert it.overlay()["defaultConfig"]["extraStatTags"] == ["reason", "issuer"]
 

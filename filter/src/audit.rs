@@ -335,6 +335,29 @@ mod tests {
         );
         assert_eq!(property(&host, 4, "claimgate.reason"), None);
         assert_eq!(property(&host, 4, "claimgate.subject"), None);
+        assert_eq!(property(&host, 4, "claimgate.shadow_rule"), None);
+    }
+
+    #[test]
+    fn a_would_deny_of_an_audit_rule_reaches_the_access_log() {
+        let host = MockHost::new(NOW_MS);
+        let policy = format!(
+            "{POLICY}\n[[rules]]\nname = \"trial\"\npaths = [\"/health\"]\naudit = true\ndeny = \"anyone\"\n"
+        );
+        let shared = testing::configured(&host, &policy);
+        assert_eq!(run(&host, &shared, 2, "/health"), Verdict::Continue);
+        assert_eq!(
+            property(&host, 2, "claimgate.decision").as_deref(),
+            Some("allow")
+        );
+        assert_eq!(
+            property(&host, 2, "claimgate.shadow_rule").as_deref(),
+            Some("trial")
+        );
+        assert_eq!(
+            property(&host, 2, "claimgate.shadow_reason").as_deref(),
+            Some("explicit_deny")
+        );
     }
 
     #[test]

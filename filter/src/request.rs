@@ -443,8 +443,9 @@ fn forward(
 /// (`%FILTER_STATE(wasm.claimgate.decision:PLAIN)%`): every decision, passed or refused, so the
 /// access log holds the complete trail whatever Envoy's log level. `decision` (`allow`,
 /// `deny`, `audit_deny`) always; `reason` and `rule` when there is one; `subject` and
-/// `issuer` for a verified caller. Values from the token are encoded, so a claim cannot forge
-/// log lines. Best effort: the decision does not depend on it.
+/// `issuer` for a verified caller; `shadow_reason` and `shadow_rule` when an audit rule would
+/// deny. Values from the token or the policy are encoded, so they cannot forge log lines.
+/// Best effort: the decision does not depend on it.
 fn publish(host: &dyn Host, decision: &Decision) {
     let _ = host.set_property("claimgate.decision", decision.outcome().as_bytes());
     if let Some(reason) = &decision.reason {
@@ -459,6 +460,14 @@ fn publish(host: &dyn Host, decision: &Decision) {
             ("claimgate.issuer", identity.issuer.as_str()),
         ] {
             let _ = host.set_property(key, encode_value(value).as_bytes());
+        }
+    }
+    if let Some(shadow) = decision.shadow.as_ref().filter(|shadow| !shadow.allowed) {
+        if let Some(reason) = &shadow.reason {
+            let _ = host.set_property("claimgate.shadow_reason", reason.code().as_bytes());
+        }
+        if let Some(rule) = shadow.rule.as_deref() {
+            let _ = host.set_property("claimgate.shadow_rule", encode_value(rule).as_bytes());
         }
     }
 }
