@@ -192,6 +192,21 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
     let token = token_settings(&mut cx, &source.token);
     let revoked = revoked::compile_revoked(&mut cx, &source.revoked, &issuer_index);
     let prefix = identity_prefix(&source.token);
+    if let Some(name) = &source.name
+        && name.chars().any(char::is_control)
+    {
+        // The name reaches logs, `explain`, `show` and the comment heading `manifest`'s YAML.
+        let at = text.find("name").unwrap_or(0);
+        cx.error(
+            "control_character",
+            &(at..at + 4),
+            format!(
+                "policy name `{}` holds a control character",
+                name.escape_default()
+            ),
+            "a policy name is printable text; remove the control character",
+        );
+    }
     let rules = rules::compile_rules(&mut cx, &source.rules, &issuer_index, prefix.as_deref());
     let (Some(issuers), Some(token)) = (issuers, token) else {
         return Err(cx.diagnostics);

@@ -428,10 +428,18 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     if let Some(reason) = &decision.reason {
         let _ = writeln!(out, "reason:   {}", terminal_safe(&reason.to_string()));
         if let Some(header) = reason.response().www_authenticate {
-            let _ = writeln!(out, "header:   WWW-Authenticate: {header}");
+            let _ = writeln!(
+                out,
+                "header:   WWW-Authenticate: {}",
+                terminal_safe(&header)
+            );
         }
     }
-    let _ = writeln!(out, "rule:     {}", decision.rule.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "rule:     {}",
+        terminal_safe(decision.rule.as_deref().unwrap_or("-"))
+    );
     let _ = writeln!(out, "matched:  {}", names(&decision.matched_rules));
     if !decision.captures.is_empty() {
         let captures: Vec<String> = decision
@@ -445,7 +453,7 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
         let _ = writeln!(
             out,
             "identity: issuer={} subject={} client={} roles={} scopes={}",
-            id.issuer,
+            terminal_safe(&id.issuer),
             terminal_safe(&id.subject),
             terminal_safe(id.client.as_deref().unwrap_or("-")),
             names(&id.roles),
@@ -475,7 +483,7 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     let _ = writeln!(
         out,
         "policy:   {} {}",
-        engine.policy().name,
+        terminal_safe(&engine.policy().name),
         engine.digest()
     );
     let _ = writeln!(out, "checks:");

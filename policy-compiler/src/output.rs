@@ -43,12 +43,52 @@ pub fn errln(text: &str) {
 /// changed, and standard input cannot be read again).
 static SOURCES: Mutex<Vec<(String, Arc<str>)>> = Mutex::new(Vec::new());
 
-/// Keeps `text` as the source of `file` for [`render_diagnostic`].
+/// Keeps `text` as the source of `file` for [`render_diagnostic`], with every
+/// `hmac_secret` value masked: snippets land in terminals and CI logs.
 pub fn remember_source(file: &str, text: &str) {
+    let masked = mask_secrets(text);
     if let Ok(mut sources) = SOURCES.lock() {
         sources.retain(|(name, _)| name != file);
-        sources.push((file.to_owned(), Arc::from(text)));
+        sources.push((file.to_owned(), Arc::from(masked.as_str())));
     }
+}
+
+/// `text` with the quoted value after each `hmac_secret =` replaced by `*`, byte for byte
+/// (a multi-byte character becomes as many `*`), so every diagnostic span still fits.
+pub fn mask_secrets(text: &str) -> String {
+    const KEY: &str = "hmac_secret";
+    let mut bytes = text.as_bytes().to_vec();
+    let mut from = 0;
+    while let Some(found) = text.get(from..).and_then(|rest| rest.find(KEY)) {
+        let mut at = from + found + KEY.len();
+        from = at;
+        // Optional quotes around the key, spaces, `=`, spaces, then the opening quote.
+        let skip = |at: &mut usize, set: &[u8]| {
+            while bytes.get(*at).is_some_and(|b| set.contains(b)) {
+                *at += 1;
+            }
+        };
+        skip(&mut at, b"\"' \t");
+        if bytes.get(at) != Some(&b'=') {
+            continue;
+        }
+        at += 1;
+        skip(&mut at, b" \t");
+        let Some(&quote) = bytes.get(at).filter(|b| **b == b'"' || **b == b'\'') else {
+            continue;
+        };
+        at += 1;
+        let mut escaped = false;
+        while let Some(byte) = bytes.get_mut(at) {
+            if (*byte == quote && !escaped) || *byte == b'\n' {
+                break;
+            }
+            escaped = quote == b'"' && *byte == b'\\' && !escaped;
+            *byte = b'*';
+            at += 1;
+        }
+    }
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 fn source_of(file: &str) -> Option<Arc<str>> {
@@ -107,16 +147,42 @@ pub fn render_diagnostic(diagnostic: &Diagnostic, source: Option<&str>, colour: 
 /// `NO_COLOR` is set).
 pub fn print_diagnostics(diagnostics: &[Diagnostic]) {
     let colour = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    for diagnostic in diagnostics {
+    for diagnostic in diagnostics.iter().take(MAX_RENDERED) {
         let source = source_of(&diagnostic.file);
         errln(&render_diagnostic(diagnostic, source.as_deref(), colour));
         errln("");
     }
+    if diagnostics.len() > MAX_RENDERED {
+        errln(&format!(
+            "... and {} more not shown (`check --json` lists every one)\n",
+            diagnostics.len() - MAX_RENDERED
+        ));
+    }
 }
+
+/// How many diagnostics are rendered with snippets in one run: past it, more help nobody,
+/// and each costs a pass over the source.
+const MAX_RENDERED: usize = 100;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_secrets_are_masked_in_snippets_and_spans_still_fit() {
+        let text = "[issuers.a]\nhmac_secret = \"TOP\\\"SECRété\"\nx = 1\n[issuers.b]\n{ \"hmac_secret\" = 'LIT' }\n";
+        let masked = mask_secrets(text);
+        assert_eq!(masked.len(), text.len());
+        assert!(
+            !masked.contains("TOP") && !masked.contains("SECR") && !masked.contains("LIT"),
+            "{masked}"
+        );
+        assert!(
+            masked.contains("hmac_secret = \"*") && masked.contains("x = 1"),
+            "{masked}"
+        );
+        assert_eq!(mask_secrets("hmac_secret_hint = 1"), "hmac_secret_hint = 1");
+    }
 
     fn diagnostic(span: std::ops::Range<usize>, line: usize, column: usize) -> Diagnostic {
         Diagnostic {

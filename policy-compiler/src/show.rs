@@ -46,12 +46,12 @@ pub struct ShowArgs {
 pub fn cmd_show(args: &ShowArgs) -> Result<Exit, CliError> {
     let text = if args.file == Path::new("-") {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
-            CliError::Io {
+        let limit = u64::try_from(MAX_INPUT_BYTES + 1).unwrap_or(u64::MAX);
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), limit), &mut text)
+            .map_err(|source| CliError::Io {
                 path: "standard input".to_owned(),
                 source,
-            }
-        })?;
+            })?;
         text
     } else {
         crate::read_file(&args.file)?
@@ -101,14 +101,65 @@ pub fn summarise(text: &str) -> Result<Vec<Value>, String> {
 }
 
 /// The documents of a JSON value or a YAML stream, empty documents left out.
+/// The largest input `show` reads: a WasmPlugin with a 10,000-rule policy is well under it.
+const MAX_INPUT_BYTES: usize = 16 << 20;
+
+/// The deepest `{`/`[` nesting let through to the YAML parser, whose scanner slows down
+/// quadratically on deep flow mappings before its own recursion limit applies. Counted
+/// without regard to quotes: an over-count only refuses absurd inputs.
+const MAX_FLOW_DEPTH: usize = 64;
+
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for byte in text.bytes() {
+        match byte {
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Whether a document uses YAML merge keys (`<<`), which kubectl's parser applies and this
+/// one does not: `show` would then describe another object than the cluster gets (e.g. hide a
+/// `failStrategy` merged in).
+fn has_merge_key(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| k == "<<" || has_merge_key(v)),
+        Value::Array(items) => items.iter().any(has_merge_key),
+        _ => false,
+    }
+}
+
 fn documents(text: &str) -> Result<Vec<Value>, String> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "input is {} bytes, more than the {MAX_INPUT_BYTES} read",
+            text.len()
+        ));
+    }
     if let Ok(value) = serde_json::from_str::<Value>(text) {
         return Ok(vec![value]);
+    }
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "YAML nested more than {MAX_FLOW_DEPTH} levels deep is not a WasmPlugin"
+        ));
     }
     let mut documents = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document)
             .map_err(|e| format!("YAML document {}: {e}", index + 1))?;
+        if has_merge_key(&value) {
+            return Err(format!(
+                "YAML document {}: merge keys (`<<`) are refused: kubectl applies them and this reader does not, so what it shows could differ from what the cluster gets; expand them",
+                index + 1
+            ));
+        }
         if !value.is_null() {
             documents.push(value);
         }
@@ -471,6 +522,24 @@ mod tests {
             claimgate_core::compile::compile(policy, "p.toml", &|_: &str| Err("no files".into()))
                 .unwrap();
         serde_json::to_string(&blob::plugin_config(&compiled.policy).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn merge_keys_are_refused_rather_than_misread() {
+        // kubectl applies `<<`; a reader that does not would show no failStrategy here.
+        let yaml = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: p, namespace: ml}\nspec:\n  <<: {failStrategy: FAIL_OPEN}\n  url: oci://r/c:1\n";
+        let error = summarise(yaml).unwrap_err();
+        assert!(error.contains("merge keys"), "{error}");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_at_once() {
+        let yaml = "{a: ".repeat(64_000);
+        let started = std::time::Instant::now();
+        let error = summarise(&yaml).unwrap_err();
+        assert!(error.contains("nested"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(summarise(&" ".repeat(MAX_INPUT_BYTES + 1)).is_err());
     }
 
     const POLICY: &str = r#"version = 1

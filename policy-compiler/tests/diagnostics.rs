@@ -162,3 +162,33 @@ fn an_encryption_key_is_a_note_and_other_skipped_keys_are_warnings() {
     assert!(stderr.contains("warning[skipped_keys]"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Thousands of errors (a generated policy gone wrong) are all counted, the first 100 shown
+/// with snippets, and the rest named in one line.
+#[test]
+fn a_flood_of_errors_is_capped_when_rendered() {
+    let dir = std::env::temp_dir().join(format!("claimgate-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut policy = String::from("version = 1\n");
+    for i in 0..2_000 {
+        policy.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\nallow = \"anyone\"\nnmae = 1\n"
+        ));
+    }
+    std::fs::write(dir.join("flood.toml"), policy).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_claimgate"))
+        .args(["check", "flood.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        stderr.matches("error[unknown_field]").count(),
+        100,
+        "{stderr}"
+    );
+    assert!(stderr.contains("... and 1900 more not shown"), "{stderr}");
+    assert!(stderr.contains("2000 error(s)"), "{stderr}");
+}

@@ -70,6 +70,9 @@ impl std::fmt::Display for Diagnostic {
 pub(super) struct Context<'a> {
     file: &'a str,
     text: &'a str,
+    /// Byte offset of each line's start: positions are looked up, not counted from the top
+    /// for every diagnostic (a policy with thousands of errors stays linear).
+    line_starts: Vec<usize>,
     pub(super) diagnostics: Vec<Diagnostic>,
     /// Issuers left out because their table was reported as malformed: a rule naming one
     /// is not also told the issuer does not exist.
@@ -81,6 +84,9 @@ impl<'a> Context<'a> {
         Context {
             file,
             text,
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+                .collect(),
             diagnostics: Vec::new(),
             malformed_issuers: Vec::new(),
         }
@@ -88,9 +94,21 @@ impl<'a> Context<'a> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub(super) fn position(&self, offset: usize) -> (usize, usize) {
-        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |l| l.chars().count())
+            + 1;
         (line, column)
     }
 

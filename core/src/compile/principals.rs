@@ -126,6 +126,50 @@ fn no_empty_names(
     true
 }
 
+/// Refuses a scope outside RFC 6749's scope-token characters (visible ASCII but `"` and `\\`)
+/// and any name with a control character: a scope is echoed in the `WWW-Authenticate`
+/// header of a 403 and names reach logs and `explain`, where a quote or a line break would
+/// forge header parameters or lines.
+fn no_unsafe_names(
+    cx: &mut Context<'_>,
+    rule: &str,
+    span: &Range<usize>,
+    field: &str,
+    list: &[String],
+) -> bool {
+    let scope = field.starts_with("scopes");
+    let bad = list.iter().find(|name| {
+        if scope {
+            !name
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        } else {
+            name.chars().any(char::is_control)
+        }
+    });
+    let Some(bad) = bad else {
+        return true;
+    };
+    let place = cx.narrow(span, bad);
+    let shown: String = bad.escape_default().collect();
+    if scope {
+        cx.error(
+            "bad_scope",
+            &place,
+            format!("rule `{rule}`: `{shown}` in `{field}` is not a scope token (RFC 6749 §3.3)"),
+            "a scope is visible ASCII without spaces, `\"` or `\\`",
+        );
+    } else {
+        cx.error(
+            "control_character",
+            &place,
+            format!("rule `{rule}`: `{shown}` in `{field}` holds a control character"),
+            "names are printable text; remove the control character",
+        );
+    }
+    false
+}
+
 fn requirement(
     cx: &mut Context<'_>,
     rule: &str,
@@ -145,6 +189,7 @@ fn requirement(
         ("scopes_all", &table.scopes_all),
     ] {
         ok &= no_empty_names(cx, rule, span, field, list);
+        ok &= no_unsafe_names(cx, rule, span, field, list);
     }
     let mut issuer_ids = Vec::new();
     for name in table.issuers.iter().filter(|n| !n.is_empty()) {
@@ -342,6 +387,31 @@ hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
             let kinds = kinds_of(&errors_of(&text));
             assert_eq!(kinds, ["empty_name"], "{field}: {text}");
         }
+    }
+
+    #[test]
+    fn scopes_and_names_that_could_forge_headers_or_lines_are_refused() {
+        for (field, value, kind) in [
+            ("scopes_any", r#"read\", error=\"x"#, "bad_scope"),
+            ("scopes_all", "read write", "bad_scope"),
+            ("scopes_any", r"a\r\nSet-Cookie: b", "bad_scope"),
+            ("roles_any", r"ml\u001b[8m", "control_character"),
+            ("subjects", r"svc\nfake line", "control_character"),
+        ] {
+            let text = format!(
+                "{TWO_ISSUERS}{}",
+                rule(&format!(
+                    "{{ issuers = [\"kc\"], {field} = [\"{value}\"] }}"
+                ))
+            );
+            let kinds = kinds_of(&errors_of(&text));
+            assert_eq!(kinds, [kind], "{field}: {text}");
+        }
+        let text = format!(
+            "{TWO_ISSUERS}{}",
+            rule(r#"{ issuers = ["kc"], scopes_any = ["model.read", "api://x/Score.All"] }"#)
+        );
+        assert!(errors_of(&text).is_empty());
     }
 
     #[test]
