@@ -400,3 +400,20 @@ def test_show_refuses_a_tampered_wasmplugin(tmp_path):
     garbage.write_bytes(b"kind: WasmPlugin\nspec:\n  pluginConfig: [\x00\xff\n")
     out = subprocess.run([h.CLAIMGATE, "show", garbage], capture_output=True, text=True)
     assert out.returncode == 1 and "panicked" not in out.stderr and out.stderr.startswith("claimgate: "), out.stderr
+
+
+def test_two_key_sets_never_share_a_resource_name(tmp_path):
+    """One host by http and by https would need two different ServiceEntries of one name: the
+    later would replace the earlier on apply and one issuer's keys would be unreachable."""
+    policy = tmp_path / "two.toml"
+    issuer = 'issuer = "https://{0}.example/"\naudiences = ["x"]\nalgorithms = ["RS256"]\n'
+    policy.write_text(
+        "version = 1\n"
+        + "[issuers.a]\n" + issuer.format("a") + '[issuers.a.jwks]\nuri = "http://idp.example.com/keys"\n'
+        + "[issuers.b]\n" + issuer.format("b") + '[issuers.b.jwks]\nuri = "https://idp.example.com/keys"\n'
+        + '[[rules]]\nname = "r"\nallow = "authenticated"\n'
+    )
+    args = [h.CLAIMGATE, "manifest", policy, "--wasm-url", "https://x.example/y.wasm", "--sha256", "ab" * 32, "--namespace", "ml", "--selector", "app=s"]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 1 and "differs from one another key set needs" in out.stderr, out.stderr
+    assert out.stdout == ""

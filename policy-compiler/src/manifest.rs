@@ -167,6 +167,22 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// The name of a key set host's ServiceEntry and DestinationRule: `claimgate-jwks-` and the
+/// host's labels, cut to Kubernetes' 63 characters with a hash of the whole host kept at the
+/// end when cut, so two long hosts never share a name.
+fn object_name_for(host: &str) -> String {
+    let name = format!("claimgate-jwks-{}", host.replace('.', "-"));
+    if name.len() <= 63 {
+        return name.trim_end_matches('-').to_owned();
+    }
+    // FNV-1a: a stable name tag, not a security property.
+    let hash = host.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let head: String = name.chars().take(54).collect();
+    format!("{}-{hash:08x}", head.trim_end_matches('-'))
+}
+
 /// `manifest`.
 pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
     let compiled = compile_file(&args.policy)?;
@@ -216,9 +232,30 @@ pub fn cmd_manifest(args: &ManifestArgs) -> Result<Exit, CliError> {
             ));
         }
         for doc in egress.documents(&endpoint) {
-            if !documents.contains(&doc) {
-                documents.push(doc);
+            if documents.contains(&doc) {
+                continue;
             }
+            // Two different resources under one name: the later would replace the earlier on
+            // apply, and one issuer's keys would become unreachable without a word.
+            if let Some(clash) = documents.iter().find(|d| {
+                d.get("kind") == doc.get("kind")
+                    && d.pointer("/metadata/name") == doc.pointer("/metadata/name")
+            }) {
+                return Err(CliError::Usage(format!(
+                    "issuer `{}`: its key set at {} needs a {} `{}` that differs from one another key set needs (the same host by http and by https?): serve both from one scheme and port",
+                    issuer.name,
+                    remote.uri,
+                    clash
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or("resource"),
+                    clash
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )));
+            }
+            documents.push(doc);
         }
     }
     for warning in &warnings {
@@ -730,9 +767,7 @@ impl Egress<'_> {
     /// and a DestinationRule for every `https` key set.
     fn documents(&self, endpoint: &HttpEndpoint) -> Vec<Value> {
         let host = endpoint.mesh_host(self.cluster_domain);
-        let object_name = format!("claimgate-jwks-{}", host.replace('.', "-"));
-        let object_name: String = object_name.chars().take(63).collect();
-        let object_name = object_name.trim_end_matches('-').to_owned();
+        let object_name = object_name_for(&host);
         let metadata =
             json!({ "name": object_name, "namespace": self.namespace, "labels": labels() });
         let mut documents = Vec::new();
@@ -964,6 +999,18 @@ mod tests {
             unreachable!()
         };
         Scope::of(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn long_key_set_hosts_keep_distinct_names() {
+        let a = object_name_for("login.identityprovider.example.com.eu-west.example.org");
+        let b = object_name_for("login.identityprovider.example.com.eu-west.example.net");
+        assert_ne!(a, b);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_eq!(
+            object_name_for("idp.example.com"),
+            "claimgate-jwks-idp-example-com"
+        );
     }
 
     /// A GatewayClass target in the root namespace reaches every Gateway of the class.
