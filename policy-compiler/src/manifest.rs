@@ -767,7 +767,11 @@ impl Egress<'_> {
     /// and a DestinationRule for every `https` key set.
     fn documents(&self, endpoint: &HttpEndpoint) -> Vec<Value> {
         let host = endpoint.mesh_host(self.cluster_domain);
-        let object_name = object_name_for(&host);
+        // Two key sets on one host and different ports need two resources (local set-ups).
+        let object_name = match endpoint.port {
+            80 | 443 => object_name_for(&host),
+            port => object_name_for(&format!("{host}.{port}")),
+        };
         let metadata =
             json!({ "name": object_name, "namespace": self.namespace, "labels": labels() });
         let mut documents = Vec::new();
