@@ -152,7 +152,7 @@ pub fn record(
 mod tests {
     use super::*;
     use crate::host::mock::{MockHost, capture_logs, logged};
-    use crate::request::{Verdict, on_request_headers};
+    use crate::request::Verdict;
     use crate::testing::{self, NOW_MS, POLICY, ROOT};
     use claimgate_core::engine::RemoteKeys;
 
@@ -167,13 +167,7 @@ mod tests {
         context: u32,
         path: &str,
     ) -> Verdict {
-        let headers = testing::request(path, None);
-        let pairs: Vec<(&[u8], &[u8])> = headers
-            .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
-            .collect();
-        host.add_request(context, &pairs);
-        on_request_headers(host, shared, context)
+        testing::run(host, shared, context, &testing::request(path, None))
     }
 
     fn audit_lines() -> Vec<(log::Level, serde_json::Value)> {
@@ -184,16 +178,6 @@ mod tests {
                 Some((*level, serde_json::from_str(json).unwrap()))
             })
             .collect()
-    }
-
-    fn property(host: &MockHost, context: u32, key: &str) -> Option<String> {
-        host.state
-            .borrow()
-            .properties
-            .iter()
-            .rev()
-            .find(|(c, k, _)| *c == context && k == key)
-            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
     }
 
     #[test]
@@ -303,39 +287,36 @@ mod tests {
         let shared = testing::configured(&host, POLICY);
         assert_eq!(run(&host, &shared, 2, "/score"), Verdict::Replied);
         assert_eq!(
-            property(&host, 2, "claimgate.decision").as_deref(),
+            host.property(2, "claimgate.decision").as_deref(),
             Some("deny")
         );
         assert_eq!(
-            property(&host, 2, "claimgate.reason").as_deref(),
+            host.property(2, "claimgate.reason").as_deref(),
             Some("no_token")
         );
-        assert_eq!(
-            property(&host, 2, "claimgate.rule").as_deref(),
-            Some("score")
-        );
+        assert_eq!(host.property(2, "claimgate.rule").as_deref(), Some("score"));
         assert_eq!(run(&host, &shared, 3, "/nowhere"), Verdict::Replied);
         assert_eq!(
-            property(&host, 3, "claimgate.decision").as_deref(),
+            host.property(3, "claimgate.decision").as_deref(),
             Some("deny")
         );
         assert_eq!(
-            property(&host, 3, "claimgate.reason").as_deref(),
+            host.property(3, "claimgate.reason").as_deref(),
             Some("no_rule")
         );
-        assert_eq!(property(&host, 3, "claimgate.rule"), None);
+        assert_eq!(host.property(3, "claimgate.rule"), None);
         assert_eq!(run(&host, &shared, 4, "/health"), Verdict::Continue);
         assert_eq!(
-            property(&host, 4, "claimgate.decision").as_deref(),
+            host.property(4, "claimgate.decision").as_deref(),
             Some("allow")
         );
         assert_eq!(
-            property(&host, 4, "claimgate.rule").as_deref(),
+            host.property(4, "claimgate.rule").as_deref(),
             Some("health")
         );
-        assert_eq!(property(&host, 4, "claimgate.reason"), None);
-        assert_eq!(property(&host, 4, "claimgate.subject"), None);
-        assert_eq!(property(&host, 4, "claimgate.shadow_rule"), None);
+        assert_eq!(host.property(4, "claimgate.reason"), None);
+        assert_eq!(host.property(4, "claimgate.subject"), None);
+        assert_eq!(host.property(4, "claimgate.shadow_rule"), None);
     }
 
     #[test]
@@ -347,15 +328,15 @@ mod tests {
         let shared = testing::configured(&host, &policy);
         assert_eq!(run(&host, &shared, 2, "/health"), Verdict::Continue);
         assert_eq!(
-            property(&host, 2, "claimgate.decision").as_deref(),
+            host.property(2, "claimgate.decision").as_deref(),
             Some("allow")
         );
         assert_eq!(
-            property(&host, 2, "claimgate.shadow_rule").as_deref(),
+            host.property(2, "claimgate.shadow_rule").as_deref(),
             Some("trial")
         );
         assert_eq!(
-            property(&host, 2, "claimgate.shadow_reason").as_deref(),
+            host.property(2, "claimgate.shadow_reason").as_deref(),
             Some("explicit_deny")
         );
     }

@@ -14,16 +14,7 @@ use crate::metrics::{counter_name, denied_name};
 use crate::root;
 use crate::testing::{self, Key, NOW_MS, POLICY, ROOT};
 
-type Headers = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn run(host: &MockHost, shared: &RefCell<Shared>, context: u32, headers: &Headers) -> Verdict {
-    let pairs: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
-    host.add_request(context, &pairs);
-    on_request_headers(host, shared, context)
-}
+use testing::run;
 
 /// Delivers the answer to callout `token` to the root.
 fn deliver(

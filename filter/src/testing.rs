@@ -155,6 +155,21 @@ pub fn jwks(keys: &[&Key]) -> String {
     )
 }
 
+/// Runs the request path for `headers` as request `context`.
+pub fn run(
+    host: &MockHost,
+    shared: &RefCell<Shared>,
+    context: u32,
+    headers: &[(Vec<u8>, Vec<u8>)],
+) -> crate::request::Verdict {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    host.add_request(context, &pairs);
+    crate::request::on_request_headers(host, shared, context)
+}
+
 /// Request headers of a POST to `path` with a bearer token.
 pub fn request(path: &str, token: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut headers = vec![

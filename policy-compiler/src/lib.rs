@@ -365,14 +365,22 @@ pub fn remote_keys(engine: &Engine, list: &[String]) -> Result<RemoteKeys, CliEr
     Ok(remote)
 }
 
-/// Token-derived text for a terminal: control characters (line breaks, ANSI escapes) are
-/// shown escaped, so a claim cannot fake a line such as `decision: ALLOW`.
+/// Untrusted text (claims, policy names, paths) for one line of a terminal or a YAML comment:
+/// control characters (line breaks, ANSI escapes), the Unicode line and paragraph separators
+/// YAML also breaks lines at, and bidi controls that reorder a line on screen are shown
+/// escaped, so no value can fake a line such as `decision: ALLOW` or end a comment.
 pub(crate) fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    }
+    if text.chars().any(unsafe_char) {
         std::borrow::Cow::Owned(
             text.chars()
                 .map(|c| {
-                    if c.is_control() {
+                    if unsafe_char(c) {
                         c.escape_default().to_string()
                     } else {
                         c.to_string()
@@ -628,6 +636,10 @@ mod terminal_tests {
         assert_eq!(
             terminal_safe("alice\ndecision: ALLOW\u{1b}[2K"),
             "alice\\ndecision: ALLOW\\u{1b}[2K"
+        );
+        assert_eq!(
+            terminal_safe("ml/x\u{202e}lmth.exe\u{2028}kind: Secret"),
+            "ml/x\\u{202e}lmth.exe\\u{2028}kind: Secret"
         );
         assert!(matches!(
             terminal_safe("alice"),

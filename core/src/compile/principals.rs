@@ -104,33 +104,14 @@ fn parse_template(text: &str) -> Result<Vec<TemplatePart>, String> {
     Ok(parts)
 }
 
-/// Refuses `""` in a list of names: it can only be a slip, and an empty role or scope would
-/// match an empty string in a token.
-fn no_empty_names(
-    cx: &mut Context<'_>,
-    rule: &str,
-    span: &Range<usize>,
-    field: &str,
-    list: &[String],
-) -> bool {
-    if list.iter().any(String::is_empty) {
-        let place = cx.narrow(span, "");
-        cx.error(
-            "empty_name",
-            &place,
-            format!("rule `{rule}` has an empty name `\"\"` in `{field}`"),
-            format!("remove `\"\"` from `{field}`"),
-        );
-        return false;
-    }
-    true
-}
-
-/// Refuses a scope outside RFC 6749's scope-token characters (visible ASCII but `"` and `\\`)
-/// and any name with a control character: a scope is echoed in the `WWW-Authenticate`
-/// header of a 403 and names reach logs and `explain`, where a quote or a line break would
-/// forge header parameters or lines.
-fn no_unsafe_names(
+/// Refuses a name that can only be a slip or an attack, one error per list:
+/// - `""`: an empty role or scope would match an empty string in a token;
+/// - a scope outside RFC 6749's scope-token characters (visible ASCII but `"` and `\\`): a
+///   scope is echoed in the `WWW-Authenticate` header of a 403, where a quote or a line break
+///   would forge header parameters;
+/// - any name with a control character: names reach logs and `explain`, where it would forge
+///   lines.
+fn check_names(
     cx: &mut Context<'_>,
     rule: &str,
     span: &Range<usize>,
@@ -138,36 +119,40 @@ fn no_unsafe_names(
     list: &[String],
 ) -> bool {
     let scope = field.starts_with("scopes");
-    let bad = list.iter().find(|name| {
-        if scope {
-            !name
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        } else {
-            name.chars().any(char::is_control)
-        }
-    });
-    let Some(bad) = bad else {
-        return true;
+    let scope_token = |name: &str| {
+        name.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
     };
-    let place = cx.narrow(span, bad);
-    let shown: String = bad.escape_default().collect();
-    if scope {
-        cx.error(
-            "bad_scope",
-            &place,
-            format!("rule `{rule}`: `{shown}` in `{field}` is not a scope token (RFC 6749 §3.3)"),
-            "a scope is visible ASCII without spaces, `\"` or `\\`",
-        );
-    } else {
-        cx.error(
-            "control_character",
-            &place,
-            format!("rule `{rule}`: `{shown}` in `{field}` holds a control character"),
-            "names are printable text; remove the control character",
-        );
+    for name in list {
+        let shown: String = name.escape_default().collect();
+        let (kind, message, hint) = if name.is_empty() {
+            (
+                "empty_name",
+                format!("rule `{rule}` has an empty name `\"\"` in `{field}`"),
+                format!("remove `\"\"` from `{field}`"),
+            )
+        } else if scope && !scope_token(name) {
+            (
+                "bad_scope",
+                format!(
+                    "rule `{rule}`: `{shown}` in `{field}` is not a scope token (RFC 6749 §3.3)"
+                ),
+                "a scope is visible ASCII without spaces, `\"` or `\\`".to_owned(),
+            )
+        } else if name.chars().any(char::is_control) {
+            (
+                "control_character",
+                format!("rule `{rule}`: `{shown}` in `{field}` holds a control character"),
+                "names are printable text; remove the control character".to_owned(),
+            )
+        } else {
+            continue;
+        };
+        let place = cx.narrow(span, name);
+        cx.error(kind, &place, message, hint);
+        return false;
     }
-    false
+    true
 }
 
 fn requirement(
@@ -188,8 +173,7 @@ fn requirement(
         ("scopes_any", &table.scopes_any),
         ("scopes_all", &table.scopes_all),
     ] {
-        ok &= no_empty_names(cx, rule, span, field, list);
-        ok &= no_unsafe_names(cx, rule, span, field, list);
+        ok &= check_names(cx, rule, span, field, list);
     }
     let mut issuer_ids = Vec::new();
     for name in table.issuers.iter().filter(|n| !n.is_empty()) {

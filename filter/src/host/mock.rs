@@ -157,6 +157,17 @@ impl MockHost {
             .map(|(_, _, v)| *v)
     }
 
+    /// The last value a request set for a property (its filter state), as text.
+    pub fn property(&self, context: u32, key: &str) -> Option<String> {
+        self.state
+            .borrow()
+            .properties
+            .iter()
+            .rev()
+            .find(|(c, k, _)| *c == context && k == key)
+            .map(|(_, _, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
     /// Replies sent so far.
     pub fn replies(&self) -> Vec<Reply> {
         self.state.borrow().replies.clone()
