@@ -17,7 +17,7 @@ use crate::engine::Engine;
 /// Blob magic bytes.
 pub const MAGIC: &[u8; 4] = b"CGPB";
 /// Current blob format version.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 const HEADER_LEN: usize = 4 + 2 + 32;
 
 /// Why a blob or pluginConfig was refused.
