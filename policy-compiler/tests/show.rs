@@ -90,7 +90,8 @@ fn show_reads_back_what_compile_wrote_for_every_example() {
         assert!(text.status.success());
         let text = String::from_utf8(text.stdout).unwrap();
         assert!(
-            text.contains(&config.digest) && text.contains("format 2"),
+            text.contains(&config.digest)
+                && text.contains(&format!("format {}", blob::FORMAT_VERSION)),
             "{text}"
         );
     }
