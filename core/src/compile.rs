@@ -21,6 +21,7 @@ mod index;
 mod issuers;
 mod jwks;
 mod lints;
+mod locations;
 mod principals;
 mod revoked;
 mod rules;
@@ -128,37 +129,10 @@ fn token_settings(cx: &mut Context<'_>, source: &TokenSource) -> Option<TokenSet
             "use letters, digits and dashes, e.g. `x-claimgate-`",
         );
     }
-    let mut headers = Vec::new();
-    for header in &source.headers {
-        let name = header.get_ref().to_ascii_lowercase();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            cx.error(
-                "bad_token_header",
-                &header.span(),
-                format!("`{name}` is not a header name"),
-                "name the header that carries `Bearer <token>`, e.g. `authorization`",
-            );
-        } else if name.starts_with(&prefix) {
-            cx.error(
-                "bad_token_header",
-                &header.span(),
-                format!("token header `{name}` starts with the identity prefix `{prefix}`, whose headers are removed from every request"),
-                "read the token from another header, or change `identity_header_prefix`",
-            );
-        } else if !headers.contains(&name) {
-            headers.push(name);
-        }
-    }
-    if source.headers.is_empty() {
-        cx.error(
-            "bad_token_header",
-            &source.identity_header_prefix.span(),
-            "`[token] headers` is empty: no token could ever be read",
-            "leave `headers` out for `[\"authorization\"]`",
-        );
-    }
+    let locations =
+        locations::policy_locations(cx, source, &source.identity_header_prefix.span(), &prefix);
     (!cx.errors_since(mark)).then_some(TokenSettings {
-        headers,
+        locations,
         forward_token: source.forward,
         identity_header_prefix: prefix,
     })
@@ -211,6 +185,13 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
     let (Some(issuers), Some(token)) = (issuers, token) else {
         return Err(cx.diagnostics);
     };
+    locations::check_names(
+        &mut cx,
+        &source,
+        &issuers,
+        &token.locations,
+        prefix.as_deref(),
+    );
     if cx.has_errors() {
         return Err(cx.diagnostics);
     }
@@ -327,7 +308,15 @@ token_ids = [""]
         let ok = compiled(
             "version = 1\n[token]\nheaders = [\"Authorization\", \"X-Token\", \"authorization\"]\n",
         );
-        assert_eq!(ok.policy.token.headers, ["authorization", "x-token"]);
+        let names: Vec<&str> = ok
+            .policy
+            .token
+            .locations
+            .headers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["authorization", "x-token"]);
         assert_eq!(
             kinds_of(&errors_of(
                 "version = 1\n[token]\nidentity_header_prefix = \"x_\"\n"

@@ -133,6 +133,13 @@ pub struct CompiledIssuer {
     pub subject_claim: ClaimPath,
     /// Claims naming the calling client (first present wins).
     pub client_claims: Vec<ClaimPath>,
+    /// Where this issuer's tokens may be found; `None`: the policy's [`TokenSettings`]
+    /// locations.
+    pub locations: Option<TokenLocations>,
+    /// Request headers set from claims for the upstream (lower-case name, claim).
+    pub claims_to_headers: Vec<(String, ClaimPath)>,
+    /// Request header (lower case) set to the token's payload segment (base64url).
+    pub payload_to_header: Option<String>,
 }
 
 /// How an issuer's audience claims must name its accepted audiences.
@@ -176,6 +183,9 @@ impl CompiledIssuer {
                 .into_iter()
                 .map(ClaimPath::top)
                 .collect(),
+            locations: None,
+            claims_to_headers: Vec::new(),
+            payload_to_header: None,
         }
     }
 }
@@ -329,12 +339,53 @@ pub struct Revocations {
     pub token_ids: Vec<String>,
 }
 
+/// A request header that may carry a token after a prefix (Istio `fromHeaders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderLocation {
+    /// Header name, lower case.
+    pub name: String,
+    /// Text before the token at the start of the value (compared ASCII case-insensitively),
+    /// e.g. `Bearer `; empty: the whole value is the token.
+    pub prefix: String,
+}
+
+impl HeaderLocation {
+    /// `Bearer <token>` in `name`.
+    pub fn bearer(name: &str) -> HeaderLocation {
+        HeaderLocation {
+            name: name.to_owned(),
+            prefix: BEARER_PREFIX.to_owned(),
+        }
+    }
+}
+
+/// The prefix of a header location written as a plain string.
+pub const BEARER_PREFIX: &str = "Bearer ";
+
+/// Where tokens may be found in a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenLocations {
+    /// Headers with their prefixes.
+    pub headers: Vec<HeaderLocation>,
+    /// Query parameter names (compared after percent-decoding).
+    pub query: Vec<String>,
+    /// Cookie names.
+    pub cookies: Vec<String>,
+}
+
+impl TokenLocations {
+    /// Whether no token can be found anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query.is_empty() && self.cookies.is_empty()
+    }
+}
+
 /// Token extraction and upstream identity settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSettings {
-    /// Request headers (lower case) that may carry `Bearer <token>`, in order.
-    pub headers: Vec<String>,
-    /// Whether the token header is passed to the upstream after a decision.
+    /// Where tokens are found for issuers that name no locations of their own.
+    pub locations: TokenLocations,
+    /// Whether the token is passed to the upstream after a decision.
     pub forward_token: bool,
     /// Prefix of identity headers the filter owns: stripped from every request.
     pub identity_header_prefix: String,
@@ -343,14 +394,21 @@ pub struct TokenSettings {
 impl TokenSettings {
     /// The header a client puts its token in (the first configured one).
     pub fn primary_header(&self) -> &str {
-        self.headers.first().map_or("authorization", String::as_str)
+        self.locations
+            .headers
+            .first()
+            .map_or("authorization", |h| h.name.as_str())
     }
 }
 
 impl Default for TokenSettings {
     fn default() -> Self {
         TokenSettings {
-            headers: vec!["authorization".to_owned()],
+            locations: TokenLocations {
+                headers: vec![HeaderLocation::bearer("authorization")],
+                query: Vec::new(),
+                cookies: Vec::new(),
+            },
             forward_token: true,
             identity_header_prefix: "x-claimgate-".to_owned(),
         }

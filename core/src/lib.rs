@@ -18,6 +18,7 @@ pub mod compile;
 pub mod compiled;
 pub mod engine;
 pub mod keys;
+pub mod locate;
 pub mod matcher;
 pub mod mesh;
 pub mod reason;

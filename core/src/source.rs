@@ -52,11 +52,23 @@ pub struct PolicySource {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSource {
-    /// Headers that may carry `Bearer <token>`.
-    #[schemars(with = "Vec<String>")]
+    /// Headers that may carry a token (Istio `fromHeaders`): a name (`Bearer <token>` in that
+    /// header) or `{ name, prefix }`; default `["authorization"]`. Used by every issuer that
+    /// names no locations of its own.
+    #[schemars(with = "Vec<HeaderLocationSource>")]
     #[serde(default = "default_token_headers")]
-    pub headers: Vec<Spanned<String>>,
-    /// Pass the token header upstream (default true).
+    pub headers: Vec<Spanned<HeaderLocationSource>>,
+    /// Query parameters that may carry a token (Istio `fromParams`), e.g. `["access_token"]`;
+    /// default none.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub query: Vec<Spanned<String>>,
+    /// Cookies that may carry a token (Istio `fromCookies`); default none.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub cookies: Vec<Spanned<String>>,
+    /// Pass the token upstream (default true; Istio `forwardOriginalToken` defaults to false).
+    /// `false` removes it from the header or cookie it came in.
     #[serde(default = "yes")]
     pub forward: bool,
     /// Prefix of the identity headers the filter owns.
@@ -69,14 +81,40 @@ impl Default for TokenSource {
     fn default() -> Self {
         TokenSource {
             headers: default_token_headers(),
+            query: Vec::new(),
+            cookies: Vec::new(),
             forward: true,
             identity_header_prefix: Spanned::new(0..0, default_identity_prefix_text()),
         }
     }
 }
 
-fn default_token_headers() -> Vec<Spanned<String>> {
-    vec![Spanned::new(0..0, "authorization".to_owned())]
+fn default_token_headers() -> Vec<Spanned<HeaderLocationSource>> {
+    vec![Spanned::new(
+        0..0,
+        HeaderLocationSource::Name("authorization".to_owned()),
+    )]
+}
+
+/// A header that may carry a token: `"name"` (`Bearer <token>`) or `{ name, prefix }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HeaderLocationSource {
+    /// `Bearer <token>` in this header.
+    Name(String),
+    /// The token after `prefix` in this header.
+    Table(HeaderLocationTable),
+}
+
+/// `{ name = "x-jwt", prefix = "" }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderLocationTable {
+    /// Header name.
+    pub name: String,
+    /// Text before the token at the start of the value (default `"Bearer "`; `""`: the whole
+    /// value is the token), compared ASCII case-insensitively (Istio `prefix`).
+    pub prefix: Option<String>,
 }
 
 fn default_identity_prefix_text() -> String {
@@ -144,6 +182,26 @@ pub struct IssuerSource {
     /// Key set.
     #[schemars(with = "Option<JwksSource>")]
     pub jwks: Option<Spanned<JwksSource>>,
+    /// Headers that may carry this issuer's tokens (Istio `fromHeaders`). When any of
+    /// `from_headers`, `from_params`, `from_cookies` is given, this issuer's tokens are read
+    /// only there; otherwise at the `[token]` locations.
+    #[schemars(with = "Option<Vec<HeaderLocationSource>>")]
+    pub from_headers: Option<Vec<Spanned<HeaderLocationSource>>>,
+    /// Query parameters that may carry this issuer's tokens (Istio `fromParams`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub from_params: Option<Vec<Spanned<String>>>,
+    /// Cookies that may carry this issuer's tokens (Istio `fromCookies`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub from_cookies: Option<Vec<Spanned<String>>>,
+    /// Request headers set from claims of a verified token, `{ "x-tenant" = "tid" }` (Istio
+    /// `outputClaimToHeaders`); client-sent copies are always removed.
+    #[schemars(with = "BTreeMap<String, String>")]
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, Spanned<String>>,
+    /// Request header set to the verified token's payload segment, base64url (Istio
+    /// `outputPayloadToHeader`); client-sent copies are always removed.
+    #[schemars(with = "Option<String>")]
+    pub payload_to_header: Option<Spanned<String>>,
 }
 
 /// `[issuers.NAME.jwks]`.

@@ -10,6 +10,13 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::compiled::{CompiledIssuer, CompiledPolicy};
+use crate::engine::{Engine, Identity};
+use crate::token::DecodedToken;
+
 /// Whether a byte is sent as is.
 fn is_plain(byte: u8) -> bool {
     (0x21..=0x7e).contains(&byte) && byte != b'%' && byte != b','
@@ -60,6 +67,9 @@ pub struct IdentityHeaderNames {
     pub rule: String,
     /// The policy digest.
     pub policy_version: String,
+    /// Every header an issuer sets from claims (`claims_to_headers`, `payload_to_header`),
+    /// lower case: client-sent copies are dropped like those under the prefix.
+    pub claim_headers: Vec<String>,
 }
 
 impl IdentityHeaderNames {
@@ -73,7 +83,27 @@ impl IdentityHeaderNames {
             roles: format!("{prefix}roles"),
             rule: format!("{prefix}rule"),
             policy_version: format!("{prefix}policy-version"),
+            claim_headers: Vec::new(),
         }
+    }
+
+    /// The names a policy owns: its identity prefix and every header its issuers set from
+    /// claims.
+    pub fn for_policy(policy: &CompiledPolicy) -> IdentityHeaderNames {
+        let mut names = IdentityHeaderNames::new(&policy.token.identity_header_prefix);
+        for issuer in &policy.issuers {
+            let set = issuer
+                .claims_to_headers
+                .iter()
+                .map(|(header, _)| header)
+                .chain(&issuer.payload_to_header);
+            for header in set {
+                if !names.claim_headers.contains(header) {
+                    names.claim_headers.push(header.clone());
+                }
+            }
+        }
+        names
     }
 
     /// Whether a request header is one of the filter's own (client-sent copies are dropped).
@@ -88,6 +118,10 @@ impl IdentityHeaderNames {
         header
             .get(..self.prefix.len())
             .is_some_and(|start| same_name_bytes(start, self.prefix.as_bytes()))
+            || self
+                .claim_headers
+                .iter()
+                .any(|owned| same_name_bytes(header, owned.as_bytes()))
     }
 }
 
@@ -106,6 +140,91 @@ fn same_name_bytes(a: &[u8], b: &[u8]) -> bool {
 /// case-insensitive, with `_` and `-` alike (CGI/WSGI map both to `_`).
 pub fn same_header_name(a: &str, b: &str) -> bool {
     same_name_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// What a verified token sends upstream besides the identity headers, read when the token is
+/// verified (the filter caches identities, not tokens): one value per `claims_to_headers`
+/// entry whose claim the token holds, and the payload for `payload_to_header`.
+#[derive(Clone, PartialEq, Eq, Default, Serialize)]
+pub struct UpstreamClaims {
+    /// Index into the issuer's `claims_to_headers`, and the encoded value.
+    pub values: Vec<(usize, String)>,
+    /// The token's payload segment (base64url), when the issuer sets `payload_to_header`.
+    /// Never serialized nor debug-printed: it is the caller's claims in full.
+    #[serde(skip)]
+    pub payload: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClaims")
+            .field("values", &self.values)
+            .field("payload", &self.payload.as_ref().map(|p| p.len()))
+            .finish()
+    }
+}
+
+/// A claim as a header value: a string encoded ([`encode_value`]), numbers and booleans as
+/// JSON text, an array as its encoded elements joined with `,` (elements that are objects,
+/// arrays or null left out); `None` for objects, null and arrays with nothing to send.
+pub fn claim_value(value: &Value) -> Option<String> {
+    let scalar = |value: &Value| match value {
+        Value::String(text) => Some(encode_value(text).into_owned()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().filter_map(scalar).collect();
+            (!parts.is_empty()).then(|| parts.join(","))
+        }
+        other => scalar(other),
+    }
+}
+
+/// Reads what `issuer` sends upstream out of a verified token.
+pub fn upstream_claims(issuer: &CompiledIssuer, decoded: &DecodedToken<'_>) -> UpstreamClaims {
+    let values = issuer
+        .claims_to_headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, path))| Some((i, claim_value(path.lookup(&decoded.claims)?)?)))
+        .collect();
+    let payload = issuer
+        .payload_to_header
+        .as_ref()
+        .and_then(|_| decoded.raw.split('.').nth(1))
+        .filter(|segment| !segment.is_empty())
+        .map(str::to_owned);
+    UpstreamClaims { values, payload }
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// The headers a verified caller's issuer sets from claims (`claims_to_headers`,
+    /// `payload_to_header`); [`Engine::upstream_headers`] sends them only when the request is
+    /// allowed with that caller.
+    pub fn claim_headers<'d>(&'d self, identity: &'d Identity) -> Vec<(&'d str, Cow<'d, str>)> {
+        let Some(issuer) = self.policy().issuers.get(identity.issuer_index) else {
+            return Vec::new();
+        };
+        let mut headers: Vec<(&str, Cow<'_, str>)> = identity
+            .upstream
+            .values
+            .iter()
+            .filter_map(|(i, value)| {
+                let (name, _) = issuer.claims_to_headers.get(*i)?;
+                Some((name.as_str(), Cow::Borrowed(value.as_str())))
+            })
+            .collect();
+        if let (Some(name), Some(payload)) = (&issuer.payload_to_header, &identity.upstream.payload)
+        {
+            headers.push((name.as_str(), Cow::Borrowed(payload.as_str())));
+        }
+        headers
+    }
 }
 
 #[cfg(test)]

@@ -223,6 +223,7 @@ mod tests {
             token_id: None,
             overage: None,
             role_bits: vec![],
+            upstream: Default::default(),
         })
     }
 

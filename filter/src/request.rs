@@ -13,8 +13,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use claimgate_core::DenyReason;
-use claimgate_core::compiled::BeforeFirstFetch;
+use claimgate_core::compiled::{BeforeFirstFetch, CompiledPolicy};
 use claimgate_core::engine::{Decision, Engine, Request};
+use claimgate_core::locate;
 use claimgate_core::upstream::{IdentityHeaderNames, encode_value};
 
 use crate::audit;
@@ -55,7 +56,8 @@ struct Headers {
 }
 
 impl Headers {
-    fn read(raw: RawHeaders, names: &IdentityHeaderNames, token_headers: &[String]) -> Headers {
+    fn read(raw: RawHeaders, names: &IdentityHeaderNames, policy: &CompiledPolicy) -> Headers {
+        let token_headers = locate::token_header_names(policy);
         let mut headers = Headers {
             pairs: Vec::with_capacity(raw.len()),
             lossy: Vec::with_capacity(raw.len()),
@@ -70,9 +72,11 @@ impl Headers {
             let name = String::from_utf8_lossy(&name).into_owned();
             let (value, lossy) = match String::from_utf8(value) {
                 Ok(value) => (value, false),
-                // A token header that is not UTF-8 is a malformed token, never "no token".
+                // A token header that is not UTF-8 is a malformed token, never "no token":
+                // read as the longest prefix set for it and a character no token holds.
                 Err(_) if token_headers.iter().any(|t| t.eq_ignore_ascii_case(&name)) => {
-                    ("Bearer \u{FFFD}".to_owned(), true)
+                    let prefix = locate::longest_prefix(policy, &name).unwrap_or("");
+                    (format!("{prefix}\u{FFFD}"), true)
                 }
                 Err(error) => (String::from_utf8_lossy(error.as_bytes()).into_owned(), true),
             };
@@ -218,7 +222,7 @@ fn decide_and_apply(
         Ok(raw) => raw,
         Err(error) => return fail(host, shared, "cannot read the request headers", error),
     };
-    let headers = Headers::read(raw, engine.header_names(), &engine.policy().token.headers);
+    let headers = Headers::read(raw, engine.header_names(), engine.policy());
     let request = Request {
         method: headers.get(":method"),
         host: headers.get(":authority"),
@@ -432,7 +436,7 @@ fn forward(
     // `forward = false` keeps the token from the upstream on every request that passes —
     // public paths, the default, audit mode — not only when a caller was verified.
     if !engine.policy().token.forward_token {
-        for name in &engine.policy().token.headers {
+        for name in locate::token_header_names(engine.policy()) {
             host.remove_request_header(name.as_bytes())?;
         }
     }

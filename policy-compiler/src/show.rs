@@ -238,7 +238,7 @@ fn policy_summary(config: &Value) -> Result<Value, String> {
         })).collect::<Vec<_>>(),
         "rules": policy.rules.iter().map(|rule| rule_summary(policy, rule)).collect::<Vec<_>>(),
         "revoked": { "subjects": policy.revoked.subjects.len(), "token_ids": policy.revoked.token_ids.len() },
-        "token_headers": policy.token.headers,
+        "token_headers": policy.token.locations.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
         "forward_token": policy.token.forward_token,
         "upstream_headers": [names.subject, names.issuer, names.client, names.roles, names.rule, names.policy_version],
     }))

@@ -240,6 +240,9 @@ fn compile_issuer(
     };
     check_audiences(cx, name, source);
     let token_types = token_types(cx, source);
+    let locations = super::locations::issuer_locations(cx, name, spanned);
+    let (claims_to_headers, payload_to_header) =
+        super::locations::upstream_claims(cx, name, source);
     if cx.errors_since(mark) {
         return None;
     }
@@ -261,6 +264,9 @@ fn compile_issuer(
         scope_claims,
         subject_claim: subject_claim?,
         client_claims,
+        locations,
+        claims_to_headers,
+        payload_to_header,
     })
 }
 

@@ -74,7 +74,7 @@ struct Combined<'m> {
 /// The state one decision needs while rules are evaluated.
 struct Evaluation<'e, 'r, 'a, 't> {
     engine: &'e Engine,
-    token: Result<Option<&'r str>, DenyReason>,
+    token: Result<Option<Cow<'r, str>>, DenyReason>,
     caller: Caller,
     authenticate: &'e mut Authenticator<'a>,
     trace: Trace<'t>,
@@ -92,7 +92,7 @@ impl Evaluation<'_, '_, '_, '_> {
                     });
                     Caller::NoToken
                 }
-                Ok(Some(token)) => match (self.authenticate)(token, &mut self.trace) {
+                Ok(Some(token)) => match (self.authenticate)(&token, &mut self.trace) {
                     Err(reason) => Caller::Failed(reason),
                     Ok(identity) => match self.engine.revoked(&identity) {
                         Some(what) => {
@@ -436,6 +436,7 @@ impl Engine {
             upstream::encode_value(decision.rule.as_deref().unwrap_or("")),
         ));
         headers.push((names.policy_version.as_str(), Cow::Borrowed(self.digest())));
+        headers.extend(self.claim_headers(identity));
         headers
     }
 

@@ -77,6 +77,8 @@ pub struct Identity {
     /// Bit set over the policy's interned roles.
     #[serde(skip)]
     pub role_bits: Vec<u64>,
+    /// Claims the issuer sends upstream as headers.
+    pub upstream: crate::upstream::UpstreamClaims,
 }
 
 impl Identity {
@@ -236,7 +238,7 @@ impl Engine {
                 .insert(scoped.subject.clone());
         }
         let revoked_token_ids = policy.revoked.token_ids.iter().cloned().collect();
-        let header_names = IdentityHeaderNames::new(&policy.token.identity_header_prefix);
+        let header_names = IdentityHeaderNames::for_policy(&policy);
         Ok(Engine {
             header_names,
             policy,
@@ -275,28 +277,14 @@ impl Engine {
         &self.header_names
     }
 
-    /// The bearer token: from the first configured header the request carries with a
-    /// `Bearer` credential. A token header present more than once is refused as ambiguous
-    /// (Envoy joins repeated headers with `,`; taking the first would differ from Envoy).
-    pub fn bearer_token<'r>(&self, request: &Request<'r>) -> Result<Option<&'r str>, DenyReason> {
-        for name in &self.policy.token.headers {
-            // Envoy drops empty header values; so does the engine, for `explain` to agree.
-            let mut values = request.values(name).filter(|v| !v.trim().is_empty());
-            let Some(value) = values.next() else {
-                continue;
-            };
-            if values.next().is_some() {
-                return Err(DenyReason::Malformed(crate::reason::Malformed::Ambiguous));
-            }
-            let Some((scheme, token)) = value.split_once(' ') else {
-                continue;
-            };
-            let token = token.trim_matches(' ');
-            if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
-                return Ok(Some(token));
-            }
-        }
-        Ok(None)
+    /// The request's token, from every location the policy's issuers read (see
+    /// [`crate::locate`]): `None` when it carries none; two different tokens are ambiguous, a
+    /// token where its issuer does not read one is from an unknown issuer.
+    pub fn bearer_token<'r>(
+        &self,
+        request: &Request<'r>,
+    ) -> Result<Option<std::borrow::Cow<'r, str>>, DenyReason> {
+        Ok(crate::locate::locate(&self.policy, request)?.map(|located| located.token))
     }
 
     /// The index of the issuer a policy calls `name` (as deny reasons name it).
@@ -450,6 +438,7 @@ impl Engine {
             token_id: text(claims.get("jti")),
             overage,
             role_bits,
+            upstream: crate::upstream::upstream_claims(issuer, &decoded),
         }
     }
 }
