@@ -4,10 +4,14 @@
 //! - `0`: success; for `explain`, the request is allowed; for `test`, every case passed
 //! - `1`: usage or I/O error (unreadable file, bad argument)
 //! - `2`: `explain`: the request is denied; `test`: a case failed
-//! - `3`: the policy is invalid (or has warnings, with `--deny-warnings`)
+//! - `3`: the policy is invalid (or has warnings, with `--deny-warnings`); `import`: the
+//!   Istio input is invalid, or the policy it wrote does not compile
+//! - `4`: `import`: the policy was written, but something was not translated exactly (the
+//!   policy is narrower there; the report on standard error says what)
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod import;
 pub mod manifest;
 pub mod output;
 pub mod package;
@@ -34,6 +38,8 @@ pub enum Exit {
     Denied = 2,
     /// Invalid policy.
     InvalidPolicy = 3,
+    /// `import`: written, but not every construct was translated exactly.
+    NotExact = 4,
 }
 
 impl From<Exit> for ExitCode {
@@ -44,7 +50,7 @@ impl From<Exit> for ExitCode {
 
 /// claimgate: compile, check, explain and test claimgate policies; emit Istio manifests.
 #[derive(Debug, Parser)]
-#[command(name = "claimgate", about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy.")]
+#[command(name = "claimgate", about, long_about = None, after_help = "Exit codes: 0 ok/allowed, 1 usage or I/O error, 2 denied or test failed, 3 invalid policy (import: invalid input), 4 import: not translated exactly.")]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -71,6 +77,9 @@ pub enum Command {
     /// Build the Wasm OCI image (Istio's compat variant) from the module as an OCI image
     /// layout, optionally push it; prints the image digest a WasmPlugin's `sha256` must be.
     Package(package::PackageArgs),
+    /// Translate Istio RequestAuthentication and AuthorizationPolicy resources into a policy
+    /// (never wider; a report of what was not translated exactly on standard error).
+    Import(import::ImportArgs),
 }
 
 /// `compile` arguments.
@@ -601,6 +610,7 @@ where
         Command::Show(args) => show::cmd_show(args),
         Command::Schema => cmd_schema(),
         Command::Package(args) => package::cmd_package(args),
+        Command::Import(args) => import::cmd_import(args),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -102,7 +102,7 @@ pub fn summarise(text: &str) -> Result<Vec<Value>, String> {
 
 /// The documents of a JSON value or a YAML stream, empty documents left out.
 /// The largest input `show` reads: a WasmPlugin with a 10,000-rule policy is well under it.
-const MAX_INPUT_BYTES: usize = 16 << 20;
+pub(crate) const MAX_INPUT_BYTES: usize = 16 << 20;
 
 /// The deepest `{`/`[` nesting let through to the YAML parser, whose scanner slows down
 /// quadratically on deep flow mappings before its own recursion limit applies. Counted
@@ -135,7 +135,7 @@ fn has_merge_key(value: &Value) -> bool {
     }
 }
 
-fn documents(text: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn documents(text: &str) -> Result<Vec<Value>, String> {
     if text.len() > MAX_INPUT_BYTES {
         return Err(format!(
             "input is {} bytes, more than the {MAX_INPUT_BYTES} read",
