@@ -214,6 +214,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         roles: rules.roles,
         path_index,
         path_parameters: source.path_parameters,
+        cors_preflight: source.cors_preflight,
         revoked,
         token,
     };

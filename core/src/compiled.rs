@@ -70,6 +70,22 @@ pub struct CompiledPolicy {
     pub token: TokenSettings,
     /// What `;` path parameters do to a request.
     pub path_parameters: PathParameters,
+    /// Whether CORS preflight requests pass without a token.
+    pub cors_preflight: CorsPreflight,
+}
+
+/// What happens to a CORS preflight request (`OPTIONS` with non-empty `origin` and
+/// `access-control-request-method` headers; browsers never send a token with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
+pub enum CorsPreflight {
+    /// The rules decide, as for any request.
+    #[default]
+    Rules,
+    /// The preflight passes without a token and without identity; deny rules that name
+    /// everyone (`deny = "anyone"`) still apply (Envoy `jwt_authn`'s `bypass_cors_preflight`).
+    Allow,
 }
 
 /// What a `;` in the path does. Servlet containers (Tomcat, Spring) drop `;…` from each
@@ -224,12 +240,20 @@ pub struct CompiledRule {
     pub effect: Effect,
     /// Host patterns (any of); empty matches every host.
     pub hosts: Vec<HostPattern>,
+    /// Hosts excluded from the rule (none may match).
+    pub not_hosts: Vec<HostPattern>,
     /// Upper-case methods (any of); empty matches every method.
     pub methods: Vec<String>,
+    /// Upper-case methods excluded from the rule.
+    pub not_methods: Vec<String>,
     /// Path patterns (any of); empty matches every path.
     pub paths: Vec<PathPattern>,
-    /// Header name (lower case) and exact value (all must hold).
-    pub headers: Vec<(String, String)>,
+    /// Paths excluded from the rule, compared in the opposite spelling of the rule's own.
+    pub not_paths: Vec<PathPattern>,
+    /// Header conditions (all must hold).
+    pub headers: Vec<HeaderCondition>,
+    /// Header exclusions (none may hold).
+    pub not_headers: Vec<HeaderCondition>,
     /// Whom the rule names.
     pub principal: Principal,
     /// A rule in audit mode never blocks.
@@ -243,6 +267,70 @@ pub enum HostPattern {
     Exact(String),
     /// `*.example.com`: stored as `.example.com`, matches any host ending with it.
     Suffix(String),
+    /// `api.*`: stored as `api.`, matches any host starting with it (Istio's prefix match).
+    Prefix(String),
+    /// `*`: every host.
+    Any,
+}
+
+impl std::fmt::Display for HostPattern {
+    /// The pattern as a policy writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Suffix(suffix) => write!(f, "*{suffix}"),
+            HostPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderCondition {
+    /// Header name, lower case.
+    pub name: String,
+    /// Value patterns (any of).
+    pub patterns: Vec<ValuePattern>,
+}
+
+/// A header value pattern, as Istio's string match: exact, `prefix*`, `*suffix` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValuePattern {
+    /// The exact value.
+    Exact(String),
+    /// `v*`: values starting with the text.
+    Prefix(String),
+    /// `*v`: values ending with the text.
+    Suffix(String),
+    /// `*`: the header is present, with any value (the empty one too).
+    Present,
+}
+
+impl std::fmt::Display for ValuePattern {
+    /// The pattern as a policy writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValuePattern::Exact(text) => f.write_str(text),
+            ValuePattern::Prefix(text) => write!(f, "{text}*"),
+            ValuePattern::Suffix(text) => write!(f, "*{text}"),
+            ValuePattern::Present => f.write_str("*"),
+        }
+    }
+}
+
+impl std::fmt::Display for HeaderCondition {
+    /// `name=pattern|pattern`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=", self.name)?;
+        for (i, pattern) in self.patterns.iter().enumerate() {
+            if i > 0 {
+                f.write_str("|")?;
+            }
+            write!(f, "{pattern}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A path pattern.
@@ -252,6 +340,12 @@ pub enum PathPattern {
     Exact(String),
     /// `/prefix/*`: stored as `/prefix/`; `/*` alone is stored as `/`.
     Prefix(String),
+    /// `/foo*` (Istio's prefix, no segment boundary): stored as `/foo`.
+    TextPrefix(String),
+    /// `*/score`, `*.json` (Istio's suffix): stored as `/score`, `.json`.
+    Suffix(String),
+    /// `*`: every path.
+    Any,
     /// Segments, some capturing a named variable, optionally followed by `/*`.
     Template {
         /// The segments after the leading `/`.

@@ -1,9 +1,13 @@
-//! Request matching: hosts, paths (exact, prefix, templates with captures), methods, headers.
+//! Request matching: hosts, paths (exact, prefixes, suffixes, templates with captures),
+//! methods, headers, and the exclusions of each.
 
 use std::borrow::Cow;
 
 use crate::canonical;
-use crate::compiled::{CompiledRule, Effect, HostPattern, PathParameters, PathPattern, Segment};
+use crate::compiled::{
+    CompiledRule, Effect, HeaderCondition, HostPattern, PathParameters, PathPattern, Segment,
+    ValuePattern,
+};
 use crate::engine::Request;
 use crate::upstream::IdentityHeaderNames;
 
@@ -25,14 +29,55 @@ pub fn first_segment(path: &str) -> &str {
     rest.split('/').next().unwrap_or("")
 }
 
-fn host_matches(patterns: &[HostPattern], host: &str) -> bool {
-    patterns.is_empty()
-        || patterns.iter().any(|p| match p {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Suffix(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
-            }
-        })
+/// Whether a host pattern matches a canonical host.
+pub fn host_pattern_matches(pattern: &HostPattern, host: &str) -> bool {
+    match pattern {
+        HostPattern::Exact(h) => h == host,
+        HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        HostPattern::Prefix(prefix) => host.starts_with(prefix.as_str()),
+        HostPattern::Any => true,
+    }
+}
+
+/// How widely a condition reads the request: the reading that cannot widen access. A
+/// rule's own conditions read [`Reading::Narrow`] for an allow rule and [`Reading::Wide`]
+/// for a deny rule; its exclusions (`not_…`) read the opposite way, so an exclusion is never
+/// a way around a deny rule, and a spelling an allow rule excludes stays excluded however
+/// the upstream reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Only what the request says exactly: every copy of a header, the request's own
+    /// method, the exact spelling of the path.
+    Narrow,
+    /// Everything the upstream might make of the request: any copy of a header, any method
+    /// it might run, any spelling of the path it routes to the same handler.
+    Wide,
+}
+
+impl Reading {
+    /// How a rule reads its own conditions.
+    pub fn of_conditions(effect: Effect) -> Reading {
+        match effect {
+            Effect::Allow => Reading::Narrow,
+            Effect::Deny => Reading::Wide,
+        }
+    }
+
+    /// How a rule reads its exclusions: the opposite of its conditions.
+    pub fn of_exclusions(effect: Effect) -> Reading {
+        match Reading::of_conditions(effect) {
+            Reading::Narrow => Reading::Wide,
+            Reading::Wide => Reading::Narrow,
+        }
+    }
+
+    /// The path spelling this reading compares.
+    pub fn spelling(self) -> Spelling {
+        match self {
+            Reading::Narrow => Spelling::Exact,
+            Reading::Wide => Spelling::Any,
+        }
+    }
 }
 
 /// How a path pattern compares text. Deny rules compare [`Spelling::Any`]: ASCII case and
@@ -105,6 +150,7 @@ fn segment_matches(
 
 /// Matches one path pattern, returning the captures on success.
 pub fn path_matches(pattern: &PathPattern, path: &str, spelling: Spelling) -> Option<Captures> {
+    let raw = path;
     let path = match spelling {
         Spelling::Exact => path,
         Spelling::Any => without_trailing_slash(path),
@@ -123,6 +169,19 @@ pub fn path_matches(pattern: &PathPattern, path: &str, spelling: Spelling) -> Op
                     && path.eq_ignore_ascii_case(without_trailing_slash(prefix)));
             covered.then(Vec::new)
         }
+        // INVARIANT: a text prefix never ends with `/` (`/a/*` is a `Prefix`), so the path
+        // without its trailing `/` still starts with it whenever the path does.
+        PathPattern::TextPrefix(prefix) => spelling.strip_prefix(path, prefix).map(|_| Vec::new()),
+        PathPattern::Suffix(suffix) => {
+            let covered = spelling.strip_suffix(raw, suffix).is_some()
+                // `*.json/` also covers `/a.json` for a deny rule.
+                || (spelling == Spelling::Any
+                    && spelling
+                        .strip_suffix(path, without_trailing_slash(suffix))
+                        .is_some());
+            covered.then(Vec::new)
+        }
+        PathPattern::Any => Some(Vec::new()),
         PathPattern::Template {
             segments,
             open_ended,
@@ -144,31 +203,62 @@ pub fn path_matches(pattern: &PathPattern, path: &str, spelling: Spelling) -> Op
     }
 }
 
-/// Whether a rule's header condition holds. A repeated header is read the way that cannot
-/// widen access: a deny rule holds if any value matches, an allow rule only if every value
-/// does. The filter's own identity headers never hold (client-sent copies are dropped).
-fn header_holds(
-    effect: Effect,
+impl ValuePattern {
+    /// Whether one value (or one element of a `,`-list) matches; case-sensitive, as Istio.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            ValuePattern::Exact(text) => value == text,
+            ValuePattern::Prefix(text) => value.starts_with(text.as_str()),
+            ValuePattern::Suffix(text) => value.ends_with(text.as_str()),
+            ValuePattern::Present => true,
+        }
+    }
+}
+
+/// Whether one header value matches any of the patterns, in the given reading.
+///
+/// Envoy joins repeated copies of common headers with `,` before the filter runs, and a
+/// server may split a value on `,`: the wide reading takes a value as itself and as each of
+/// its elements; the narrow one needs the whole value to match, or every element of it.
+/// A value that was not UTF-8 (read with U+FFFD in it) is not what any pattern says: the
+/// narrow reading never takes it, the wide one compares the readable rest (so it is present,
+/// and its ASCII prefix or suffix counts).
+fn value_matches(patterns: &[ValuePattern], value: &str, reading: Reading) -> bool {
+    let any = |text: &str| patterns.iter().any(|p| p.matches(text));
+    let mut elements = value.split(',').map(str::trim);
+    match reading {
+        Reading::Wide => any(value) || (value.contains(',') && elements.any(any)),
+        Reading::Narrow if value.contains('\u{FFFD}') => false,
+        Reading::Narrow if value.contains(',') => {
+            patterns.iter().any(|p| match p {
+                ValuePattern::Exact(text) => text == value,
+                ValuePattern::Present => true,
+                ValuePattern::Prefix(_) | ValuePattern::Suffix(_) => false,
+            }) || elements.all(any)
+        }
+        Reading::Narrow => any(value),
+    }
+}
+
+/// Whether a header condition holds in the given reading: the wide reading if any copy of
+/// the header matches, the narrow one if there is a copy and every copy matches. The
+/// filter's own identity headers never match (client-sent copies are dropped).
+pub fn header_matches(
+    condition: &HeaderCondition,
     request: &Request<'_>,
     names: &IdentityHeaderNames,
-    name: &str,
-    value: &str,
+    reading: Reading,
 ) -> bool {
-    if names.owns(name) {
+    if names.owns(&condition.name) {
         return false;
     }
-    // Envoy joins repeated copies of common headers with `,` before the filter runs, and a
-    // server may split a value on `,`: a value counts as itself and as its elements.
-    let mut values = request.values(name);
-    match effect {
-        Effect::Deny => {
-            values.any(|v| v == value || v.split(',').map(str::trim).any(|e| e == value))
-        }
-        Effect::Allow => {
+    let mut values = request.values(&condition.name);
+    match reading {
+        Reading::Wide => values.any(|v| value_matches(&condition.patterns, v, reading)),
+        Reading::Narrow => {
             let mut seen = false;
-            for v in values {
-                let joined = v.contains(',') && v.split(',').map(str::trim).all(|e| e == value);
-                if v != value && !joined {
+            for value in values {
+                if !value_matches(&condition.patterns, value, reading) {
                     return false;
                 }
                 seen = true;
@@ -186,32 +276,50 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Whether a rule's method list covers the request. A deny rule covers every method the
+/// Whether a method list names the request's method. The wide reading takes every method the
 /// upstream might run: the request's, `GET` for `HEAD` (frameworks answer HEAD with the GET
-/// handler) and any override header's. An allow rule must cover all of them.
-fn methods_match(rule: &CompiledRule, method: &str, request: &Request<'_>) -> bool {
-    if rule.methods.is_empty() {
-        return true;
-    }
-    let listed = |m: &str| rule.methods.iter().any(|r| r.eq_ignore_ascii_case(m));
+/// handler) and any override header's; the narrow one needs the request's and every
+/// override's.
+fn methods_listed(list: &[String], method: &str, request: &Request<'_>, reading: Reading) -> bool {
+    let listed = |m: &str| list.iter().any(|r| r.eq_ignore_ascii_case(m));
     let overrides = || {
         METHOD_OVERRIDES
             .iter()
             .flat_map(|name| request.values(name))
             .map(str::trim)
     };
-    match rule.effect {
-        Effect::Deny => {
+    match reading {
+        Reading::Wide => {
             listed(method)
                 || (method.eq_ignore_ascii_case("HEAD") && listed("GET"))
                 || overrides().any(listed)
         }
-        Effect::Allow => listed(method) && overrides().all(listed),
+        Reading::Narrow => listed(method) && overrides().all(listed),
     }
 }
 
+/// Whether a request is a CORS preflight as Envoy's `jwt_authn` tells one
+/// (`bypass_cors_preflight`): method `OPTIONS` with non-empty `origin` and
+/// `access-control-request-method` headers (names exactly as Envoy's). A method override
+/// header disqualifies it: the upstream might run the method it names, with no token asked.
+pub fn is_cors_preflight(request: &Request<'_>) -> bool {
+    let present = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty())
+    };
+    request.method == "OPTIONS"
+        && present("origin")
+        && present("access-control-request-method")
+        && !METHOD_OVERRIDES
+            .iter()
+            .any(|name| request.values(name).next().is_some())
+}
+
 /// Matches a rule against a request; `host` and `path` are canonical (see
-/// [`crate::canonical`]).
+/// [`crate::canonical`]). A rule matches when each of its lists matches (or is empty) and
+/// none of its exclusions does.
 pub fn rule_matches(
     rule: &CompiledRule,
     method: &str,
@@ -220,29 +328,36 @@ pub fn rule_matches(
     request: &Request<'_>,
     names: &IdentityHeaderNames,
 ) -> Option<Captures> {
-    if !methods_match(rule, method, request) {
-        return None;
-    }
-    if !host_matches(&rule.hosts, host) {
-        return None;
-    }
-    if !rule
-        .headers
-        .iter()
-        .all(|(name, value)| header_holds(rule.effect, request, names, name, value))
-    {
+    let own = Reading::of_conditions(rule.effect);
+    let exclusion = Reading::of_exclusions(rule.effect);
+    let included = (rule.methods.is_empty() || methods_listed(&rule.methods, method, request, own))
+        && (rule.hosts.is_empty() || rule.hosts.iter().any(|p| host_pattern_matches(p, host)))
+        && rule
+            .headers
+            .iter()
+            .all(|condition| header_matches(condition, request, names, own));
+    let excluded = || {
+        (!rule.not_methods.is_empty()
+            && methods_listed(&rule.not_methods, method, request, exclusion))
+            || rule.not_hosts.iter().any(|p| host_pattern_matches(p, host))
+            || rule
+                .not_headers
+                .iter()
+                .any(|condition| header_matches(condition, request, names, exclusion))
+            || rule
+                .not_paths
+                .iter()
+                .any(|p| path_matches(p, path, exclusion.spelling()).is_some())
+    };
+    if !included || excluded() {
         return None;
     }
     if rule.paths.is_empty() {
         return Some(Vec::new());
     }
-    let spelling = match rule.effect {
-        Effect::Deny => Spelling::Any,
-        Effect::Allow => Spelling::Exact,
-    };
     rule.paths
         .iter()
-        .find_map(|p| path_matches(p, path, spelling))
+        .find_map(|p| path_matches(p, path, own.spelling()))
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::compiled::{AudienceMatch, BeforeFirstFetch, DefaultAction, Mode, PathParameters};
+use crate::compiled::{
+    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, Mode, PathParameters,
+};
 
 /// A policy file.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -46,6 +48,11 @@ pub struct PolicySource {
     /// `reject` (default) or `strip` `;` path parameters.
     #[serde(default)]
     pub path_parameters: PathParameters,
+    /// `rules` (default): CORS preflights are decided by the rules; `allow`: an `OPTIONS`
+    /// request with `origin` and `access-control-request-method` passes without a token
+    /// (deny rules naming `anyone` still apply).
+    #[serde(default)]
+    pub cors_preflight: CorsPreflight,
 }
 
 /// `[token]`.
@@ -238,22 +245,40 @@ pub struct RuleSource {
     /// Unique name.
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    /// Hosts (exact or `*.suffix`).
+    /// Hosts (any of): exact, `*.suffix`, `prefix*` or `*`.
     #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
-    /// Methods.
+    /// Hosts the rule excludes (same patterns as `hosts`).
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub not_hosts: Vec<Spanned<String>>,
+    /// Methods (any of).
     #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub methods: Vec<Spanned<String>>,
-    /// Paths (exact, `/prefix/*`, templates).
+    /// Methods the rule excludes.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub not_methods: Vec<Spanned<String>>,
+    /// Paths (any of): exact, `/prefix/*`, templates, `/prefix*`, `*suffix` or `*`.
     #[schemars(with = "Vec<String>")]
     #[serde(default)]
     pub paths: Vec<Spanned<String>>,
-    /// Exact header values.
-    #[schemars(with = "BTreeMap<String, String>")]
+    /// Paths the rule excludes (same patterns as `paths`).
+    #[schemars(with = "Vec<String>")]
     #[serde(default)]
-    pub headers: BTreeMap<String, Spanned<String>>,
+    pub not_paths: Vec<Spanned<String>>,
+    /// Header conditions, all must hold: header name = a value pattern or a list of them
+    /// (any of): exact, `prefix*`, `*suffix`, `*` (present).
+    #[schemars(with = "BTreeMap<String, HeaderValuesSchema>")]
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<toml::Value>>,
+    /// Header exclusions: the rule matches only if no value of these headers matches a
+    /// pattern (`"*"`: the header must be absent).
+    #[schemars(with = "BTreeMap<String, HeaderValuesSchema>")]
+    #[serde(default)]
+    pub not_headers: BTreeMap<String, Spanned<toml::Value>>,
     /// Whom the rule allows.
     #[schemars(with = "Option<PrincipalSchema>")]
     pub allow: Option<Spanned<toml::Value>>,
@@ -267,6 +292,18 @@ pub struct RuleSource {
 
 /// Durations as [`crate::compile::parse_duration`] reads them: `30s`, `10m`, `1h30m`, `500ms`, `1d`.
 const DURATION_PATTERN: &str = r"^\s*([0-9]+(ms|s|m|h|d))+\s*$";
+
+/// A header condition's value as the schema describes it: one pattern or a list (any of).
+/// The compiler reads the value itself (as a [`toml::Value`]).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum HeaderValuesSchema {
+    /// One value pattern.
+    One(String),
+    /// Value patterns, any of.
+    Many(Vec<String>),
+}
 
 /// `allow` / `deny` as the schema describes them: a word or a table. The compiler reads the
 /// value itself (as a [`toml::Value`]), so this type is never deserialized.

@@ -258,6 +258,7 @@ fn engine_with(issuer: CompiledIssuer) -> Engine {
         revoked: Revocations::default(),
         token: TokenSettings::default(),
         path_parameters: Default::default(),
+        cors_preflight: Default::default(),
     };
     Engine::new(policy, String::new()).unwrap()
 }

@@ -878,9 +878,9 @@ fn identity_headers_sent_by_the_client_are_invisible_to_rules() {
     );
     let mut policy = f.engine.policy().clone();
     for rule in &mut policy.rules {
-        for (name, _) in &mut rule.headers {
-            if name == "x-probe-subject" {
-                *name = "x-claimgate-subject".to_owned();
+        for condition in &mut rule.headers {
+            if condition.name == "x-probe-subject" {
+                condition.name = "x-claimgate-subject".to_owned();
             }
         }
     }

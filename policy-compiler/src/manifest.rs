@@ -467,6 +467,7 @@ fn host_warnings(policy: &CompiledPolicy, args: &ManifestArgs, scope: &Scope) ->
             .map(|host| match host {
                 HostPattern::Exact(name) => service_namespace(name),
                 HostPattern::Suffix(suffix) => service_namespace(suffix.trim_start_matches('.')),
+                HostPattern::Prefix(_) | HostPattern::Any => None,
             })
             .collect();
         let Some(namespaces) = namespaces.filter(|n| !n.is_empty()) else {

@@ -245,23 +245,21 @@ fn policy_summary(config: &Value) -> Result<Value, String> {
 }
 
 fn rule_summary(policy: &CompiledPolicy, rule: &CompiledRule) -> Value {
-    let hosts: Vec<String> = rule
-        .hosts
-        .iter()
-        .map(|host| match host {
-            HostPattern::Exact(name) => name.clone(),
-            HostPattern::Suffix(suffix) => format!("*{suffix}"),
-        })
-        .collect();
+    let texts = |list: &[HostPattern]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
     let paths: Vec<String> = rule.paths.iter().map(path_text).collect();
+    let not_paths: Vec<String> = rule.not_paths.iter().map(path_text).collect();
     json!({
         "name": rule.name,
         "action": match rule.effect { Effect::Allow => "allow", Effect::Deny => "deny" },
         "audit": rule.audit,
-        "hosts": hosts,
+        "hosts": texts(&rule.hosts),
+        "not_hosts": texts(&rule.not_hosts),
         "methods": rule.methods,
+        "not_methods": rule.not_methods,
         "paths": paths,
-        "headers": rule.headers.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>(),
+        "not_paths": not_paths,
+        "headers": rule.headers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "not_headers": rule.not_headers.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "principal": principal_text(policy, &rule.principal),
     })
 }
@@ -269,7 +267,9 @@ fn rule_summary(policy: &CompiledPolicy, rule: &CompiledRule) -> Value {
 fn path_text(path: &PathPattern) -> String {
     match path {
         PathPattern::Exact(path) => path.clone(),
-        PathPattern::Prefix(prefix) => format!("{prefix}*"),
+        PathPattern::Prefix(prefix) | PathPattern::TextPrefix(prefix) => format!("{prefix}*"),
+        PathPattern::Suffix(suffix) => format!("*{suffix}"),
+        PathPattern::Any => "*".to_owned(),
         PathPattern::Template {
             segments,
             open_ended,

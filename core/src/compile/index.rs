@@ -15,6 +15,14 @@ fn index_key(pattern: &PathPattern) -> Option<String> {
             let (first, _) = rest.split_once('/')?;
             Some(first.to_owned())
         }
+        // `/v2/mod*` indexes under `v2`; `/mod*` can match `model`, `modules`…
+        PathPattern::TextPrefix(p) => {
+            let rest = p.strip_prefix('/')?;
+            let (first, _) = rest.split_once('/')?;
+            Some(first.to_owned())
+        }
+        // A suffix or `*` says nothing about the first segment.
+        PathPattern::Suffix(_) | PathPattern::Any => None,
         PathPattern::Template { segments, .. } => match segments.first()? {
             Segment::Literal(l) => Some(l.clone()),
             Segment::Capture { .. } => None,

@@ -119,7 +119,8 @@ pub(super) fn shadowed_rules(cx: &mut Context<'_>, rules: &[CompiledRule], spans
 fn literal_prefix(pattern: &PathPattern) -> (String, bool) {
     match pattern {
         PathPattern::Exact(p) => (p.clone(), true),
-        PathPattern::Prefix(p) => (p.clone(), false),
+        PathPattern::Prefix(p) | PathPattern::TextPrefix(p) => (p.clone(), false),
+        PathPattern::Suffix(_) | PathPattern::Any => ("/".to_owned(), false),
         PathPattern::Template { segments, .. } => {
             let mut prefix = String::from("/");
             for segment in segments {
@@ -144,13 +145,28 @@ fn path_covers(a: &PathPattern, b: &PathPattern) -> bool {
         return true;
     }
     match a {
-        PathPattern::Prefix(p) => literal_prefix(b).0.starts_with(p.as_str()),
+        PathPattern::Prefix(p) | PathPattern::TextPrefix(p) => {
+            literal_prefix(b).0.starts_with(p.as_str())
+        }
+        PathPattern::Any => true,
+        PathPattern::Suffix(s) => match b {
+            PathPattern::Exact(p) | PathPattern::Suffix(p) => p.ends_with(s.as_str()),
+            _ => false,
+        },
         PathPattern::Exact(_) | PathPattern::Template { .. } => false,
     }
 }
 
-/// Whether every request `b` matches is also matched by `a` (conservative: may say no).
+/// Whether every request `b` matches is also matched by `a` (conservative: may say no; a
+/// rule with exclusions covers nothing).
 fn covers(a: &CompiledRule, b: &CompiledRule) -> bool {
+    let excludes = !a.not_hosts.is_empty()
+        || !a.not_methods.is_empty()
+        || !a.not_paths.is_empty()
+        || !a.not_headers.is_empty();
+    if excludes {
+        return false;
+    }
     let hosts = a.hosts.is_empty()
         || (!b.hosts.is_empty()
             && b.hosts.iter().all(|bh| {
@@ -160,7 +176,11 @@ fn covers(a: &CompiledRule, b: &CompiledRule) -> bool {
                         y.len() > s.len() && y.ends_with(s.as_str())
                     }
                     (HostPattern::Suffix(s), HostPattern::Suffix(t)) => t.ends_with(s.as_str()),
-                    (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
+                    (HostPattern::Any, _) => true,
+                    (HostPattern::Prefix(p), HostPattern::Exact(y) | HostPattern::Prefix(y)) => {
+                        y.starts_with(p.as_str())
+                    }
+                    _ => false,
                 })
             }));
     let methods = a.methods.is_empty()

@@ -22,7 +22,8 @@ use serde::Serialize;
 use super::{Authenticator, Decision, Engine, Identity, RemoteKeys, Request};
 use crate::canonical;
 use crate::compiled::{
-    CompiledRule, DefaultAction, Effect, Mode, Principal, Requirement, RoleRef, TemplatePart,
+    CompiledRule, CorsPreflight, DefaultAction, Effect, Mode, Principal, Requirement, RoleRef,
+    TemplatePart,
 };
 use crate::matcher::{self, Captures};
 use crate::reason::DenyReason;
@@ -78,6 +79,9 @@ struct Evaluation<'e, 'r, 'a, 't> {
     caller: Caller,
     authenticate: &'e mut Authenticator<'a>,
     trace: Trace<'t>,
+    /// A CORS preflight the policy lets through (`cors_preflight = "allow"`): only deny
+    /// rules naming everyone are evaluated, and no token is asked for.
+    cors_preflight_passes: bool,
 }
 
 impl Evaluation<'_, '_, '_, '_> {
@@ -167,9 +171,10 @@ impl Evaluation<'_, '_, '_, '_> {
         let is_deny = |rule: &CompiledRule| rule.effect == Effect::Deny;
         let is_anyone = |rule: &CompiledRule| rule.principal == Principal::Anyone;
         // Deny rules first; unconditional ones need no token at all, so they go first.
+        let preflight = self.cors_preflight_passes;
         let denies = rules()
             .filter(|(_, r)| is_deny(r) && is_anyone(r))
-            .chain(rules().filter(|(_, r)| is_deny(r) && !is_anyone(r)));
+            .chain(rules().filter(|(_, r)| !preflight && is_deny(r) && !is_anyone(r)));
         let mut indeterminate_deny: Option<(&Matched, DenyReason)> = None;
         for (deny, rule) in denies {
             match self.standing(deny, rule) {
@@ -202,6 +207,15 @@ impl Evaluation<'_, '_, '_, '_> {
             return Combined {
                 outcome: Err(reason),
                 decider: Some(deny),
+            };
+        }
+        if preflight {
+            record(&mut self.trace, label, true, || {
+                "CORS preflight passes without a token (cors_preflight = \"allow\")".to_owned()
+            });
+            return Combined {
+                outcome: Ok(()),
+                decider: None,
             };
         }
         // Only deny rules matched (or none) and none applies: as if nothing had matched.
@@ -366,6 +380,8 @@ impl Engine {
             caller: Caller::NotYetAsked,
             authenticate,
             trace,
+            cors_preflight_passes: self.policy.cors_preflight == CorsPreflight::Allow
+                && matcher::is_cors_preflight(request),
         };
         let enforced = evaluation.combine(&matched, |rule| !rule.audit, "rule");
         // Only the enforcing rules' verification of the caller reaches the upstream.
