@@ -147,3 +147,39 @@ def test_taplo_refuses_a_misspelt_key_through_the_directive(tmp_path):
     out = taplo_lint("examples/bad.toml", cwd=tmp_path)
     assert out.returncode != 0
     assert "'mdoe' was unexpected" in out.stderr
+
+
+def _reference_section():
+    readme = (ROOT / "README.md").read_text()
+    head = "\n## Policy reference\n"
+    assert head in readme, "README has no '## Policy reference' section"
+    return readme.split(head, 1)[1].split("\n## ", 1)[0]
+
+
+def _schema_names(schema):
+    """Every field name and every word value (`const`) the schema defines."""
+    fields, words = set(), set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            fields.update(node.get("properties", {}).keys())
+            if isinstance(node.get("const"), str):
+                words.add(node["const"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return fields, words
+
+
+def test_the_readme_policy_reference_names_every_field_and_word():
+    section = _reference_section()
+    fields, words = _schema_names(json.loads(SCHEMA_PATH.read_text()))
+    assert len(fields) > 40 and len(words) > 10, (len(fields), len(words))
+    missing_fields = sorted(f for f in fields if f"`{f}`" not in section)
+    missing_words = sorted(w for w in words if f'"{w}"' not in section)
+    assert not missing_fields, f"fields missing from the README's policy reference: {missing_fields}"
+    assert not missing_words, f"values missing from the README's policy reference: {missing_words}"
