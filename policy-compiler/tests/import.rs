@@ -536,7 +536,9 @@ fn resources_for_different_workloads_are_reported() {
     assert!(!imp(two).exact());
     // A namespace-wide and a mesh-wide resource combine with one workload's.
     let fine = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: foo}\nspec: {selector: {matchLabels: {app: a}}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: foo}\nspec: {}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: istio-system}\nspec: {}\n";
-    assert!(imp(fine).exact());
+    assert!(!imp(fine).exact(), "no issuer at all is reported");
+    let out = imp(&format!("{RA}---\n{fine}"));
+    assert!(out.exact(), "{:?}", losses(&out));
 }
 
 #[test]
@@ -603,8 +605,8 @@ fn the_cli_exits_by_exactness() {
     // Not exact (exit 4), or — before issue 10's language is on main — not compilable (3).
     assert!(matches!(code, Some(4) | Some(3)), "{code:?} {stderr}");
     assert!(stderr.contains("ports"), "{stderr}");
-    let (code, _) = run(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {rules: [{}]}\n",
-    );
+    let (code, _) = run(&format!(
+        "{RA}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: foo}}\nspec: {{rules: [{{}}]}}\n"
+    ));
     assert!(matches!(code, Some(0) | Some(3)), "{code:?}");
 }

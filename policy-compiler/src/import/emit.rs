@@ -159,7 +159,9 @@ pub fn policy_toml(t: &Translation, name: &str, sources: &[String]) -> String {
         .iter()
         .map(|h| format!("{{ name = {}, prefix = {} }}", q(&h.name), q(&h.prefix)))
         .collect();
-    let _ = writeln!(out, "headers = [{}]", header_items.join(", "));
+    if !header_items.is_empty() {
+        let _ = writeln!(out, "headers = [{}]", header_items.join(", "));
+    }
     if !params.is_empty() {
         let _ = writeln!(out, "query = {}", list(params));
     }

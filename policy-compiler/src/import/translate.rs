@@ -309,6 +309,12 @@ pub fn translate(resources: &[Resource]) -> Translation {
             }
         }
     }
+    if t.out.issuers.is_empty() {
+        t.loss(
+            "input",
+            "no RequestAuthentication issuer: Istio then ignores every token, while claimgate still reads a bearer token in `Authorization` and, finding no issuer for it, refuses it (401 unknown_issuer); requests without a token are decided alike".to_owned(),
+        );
+    }
     t.out.forward = forwards.iter().all(|f| *f);
     if forwards.len() > 1 {
         t.note(
