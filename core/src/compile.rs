@@ -135,6 +135,7 @@ fn token_settings(cx: &mut Context<'_>, source: &TokenSource) -> Option<TokenSet
         locations,
         forward_token: source.forward,
         identity_header_prefix: prefix,
+        verify: source.verify,
     })
 }
 
@@ -217,6 +218,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         cors_preflight: source.cors_preflight,
         revoked,
         token,
+        statuses: source.statuses,
     };
     Ok(Compiled {
         policy,

@@ -47,6 +47,34 @@ pub enum BeforeFirstFetch {
     Reject,
 }
 
+/// Which status table turns a deny reason into an HTTP answer (see [`crate::reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
+pub enum Statuses {
+    /// RFC 6750: no token is 401 with `WWW-Authenticate: Bearer`, a token for another
+    /// audience 401, key set not fetched 503.
+    #[default]
+    Claimgate,
+    /// As Istio (Envoy `jwt_authn` + `rbac`) answers: no token where one is needed 403, a
+    /// token for another audience 403, key set not fetched 401; everything else unchanged.
+    Istio,
+}
+
+/// When a token the request carries is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
+pub enum VerifyMode {
+    /// A present token is verified before the rules decide; an invalid one is 401 whatever
+    /// the rules say (Istio `RequestAuthentication`).
+    #[default]
+    WhenPresent,
+    /// A token is only verified when a rule needs an identity: `anyone` rules and the
+    /// `allow` default never look at it.
+    WhenRequired,
+}
+
 /// A compiled, ready-to-evaluate policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompiledPolicy {
@@ -72,6 +100,8 @@ pub struct CompiledPolicy {
     pub path_parameters: PathParameters,
     /// Whether CORS preflight requests pass without a token.
     pub cors_preflight: CorsPreflight,
+    /// Which status table answers denials.
+    pub statuses: Statuses,
 }
 
 /// What happens to a CORS preflight request (`OPTIONS` with non-empty `origin` and
@@ -256,6 +286,8 @@ pub struct CompiledRule {
     pub not_headers: Vec<HeaderCondition>,
     /// Whom the rule names.
     pub principal: Principal,
+    /// The rule's own `verify_token`; `None`: the policy's [`TokenSettings::verify`].
+    pub verify_token: Option<VerifyMode>,
     /// A rule in audit mode never blocks.
     pub audit: bool,
 }
@@ -483,6 +515,8 @@ pub struct TokenSettings {
     pub forward_token: bool,
     /// Prefix of identity headers the filter owns: stripped from every request.
     pub identity_header_prefix: String,
+    /// When a present token is verified, for rules that do not say.
+    pub verify: VerifyMode,
 }
 
 impl TokenSettings {
@@ -505,6 +539,7 @@ impl Default for TokenSettings {
             },
             forward_token: true,
             identity_header_prefix: "x-claimgate-".to_owned(),
+            verify: VerifyMode::default(),
         }
     }
 }

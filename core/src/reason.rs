@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::compiled::Statuses;
+
 /// What is wrong with a token's encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
@@ -257,7 +259,37 @@ pub struct Response {
 }
 
 impl DenyReason {
-    /// The status and `WWW-Authenticate` header: the single place that decides them.
+    /// The answer under the policy's status table: [`DenyReason::response`], with Istio's
+    /// statuses where `statuses = "istio"` asks for them. Only status and headers differ; the
+    /// reason code stays.
+    pub fn response_in(&self, statuses: Statuses) -> Response {
+        match (statuses, self) {
+            (Statuses::Claimgate, _) => self.response(),
+            // Istio: a request without a token is unauthenticated, and the authorization
+            // policy that needs a principal refuses it (RBAC: 403, no challenge).
+            (Statuses::Istio, DenyReason::NoToken) => Response {
+                status: 403,
+                www_authenticate: None,
+            },
+            // Envoy `jwt_authn` answers an audience mismatch 403, with its challenge.
+            (Statuses::Istio, DenyReason::WrongAudience { .. }) => Response {
+                status: 403,
+                ..self.response()
+            },
+            // Envoy `jwt_authn` answers 401 when the remote key set could not be fetched.
+            (Statuses::Istio, DenyReason::KeysUnavailable { .. }) => Response {
+                status: 401,
+                www_authenticate: Some(
+                    "Bearer error=\"invalid_token\", error_description=\"signing keys unavailable\""
+                        .to_owned(),
+                ),
+            },
+            (Statuses::Istio, _) => self.response(),
+        }
+    }
+
+    /// The status and `WWW-Authenticate` header under claimgate's own statuses (RFC 6750):
+    /// the single table that decides them; [`DenyReason::response_in`] overrides a few rows.
     pub fn response(&self) -> Response {
         let invalid_token = |description: &str| Response {
             status: 401,
@@ -448,6 +480,34 @@ mod tests {
                 .status,
             503
         );
+    }
+
+    #[test]
+    fn istio_statuses_differ_only_where_istio_does() {
+        let audience = DenyReason::WrongAudience { got: vec![] };
+        let keys = DenyReason::KeysUnavailable { issuer: "i".into() };
+        let istio = |r: &DenyReason| {
+            let r = r.response_in(Statuses::Istio);
+            (r.status, r.www_authenticate.is_some())
+        };
+        assert_eq!(istio(&DenyReason::NoToken), (403, false));
+        assert_eq!(istio(&audience), (403, true));
+        assert_eq!(istio(&keys), (401, true));
+        for same in [
+            DenyReason::BadSignature,
+            DenyReason::NoRuleMatched,
+            DenyReason::ClockUnavailable,
+            DenyReason::ExplicitDeny { rule: "r".into() },
+        ] {
+            assert_eq!(
+                same.response_in(Statuses::Istio),
+                same.response(),
+                "{same:?}"
+            );
+        }
+        for reason in [DenyReason::NoToken, audience, keys] {
+            assert_eq!(reason.response_in(Statuses::Claimgate), reason.response());
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compiled::{
-    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, Mode, PathParameters,
+    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, Mode, PathParameters, Statuses,
+    VerifyMode,
 };
 
 /// A policy file.
@@ -53,6 +54,11 @@ pub struct PolicySource {
     /// (deny rules naming `anyone` still apply).
     #[serde(default)]
     pub cors_preflight: CorsPreflight,
+    /// `claimgate` (default): RFC 6750 statuses (no token 401, wrong audience 401, key set
+    /// not fetched 503); `istio`: Istio's (no token 403, wrong audience 403, key set not
+    /// fetched 401). Reason codes are the same either way.
+    #[serde(default)]
+    pub statuses: Statuses,
 }
 
 /// `[token]`.
@@ -82,6 +88,12 @@ pub struct TokenSource {
     #[schemars(with = "String")]
     #[serde(default = "default_identity_prefix")]
     pub identity_header_prefix: Spanned<String>,
+    /// `when_present` (default): a token the request carries is verified before the rules
+    /// decide, and an invalid one is 401 even where `anyone` or the `allow` default would
+    /// pass (Istio `RequestAuthentication`); `when_required`: only rules that need an
+    /// identity look at the token.
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
 impl Default for TokenSource {
@@ -92,6 +104,7 @@ impl Default for TokenSource {
             cookies: Vec::new(),
             forward: true,
             identity_header_prefix: Spanned::new(0..0, default_identity_prefix_text()),
+            verify: VerifyMode::default(),
         }
     }
 }
@@ -279,6 +292,9 @@ pub struct RuleSource {
     #[schemars(with = "BTreeMap<String, HeaderValuesSchema>")]
     #[serde(default)]
     pub not_headers: BTreeMap<String, Spanned<toml::Value>>,
+    /// When this rule verifies a present token (`when_present` or `when_required`); absent:
+    /// `[token] verify`.
+    pub verify_token: Option<VerifyMode>,
     /// Whom the rule allows.
     #[schemars(with = "Option<PrincipalSchema>")]
     pub allow: Option<Spanned<toml::Value>>,

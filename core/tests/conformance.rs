@@ -259,6 +259,7 @@ fn engine_with(issuer: CompiledIssuer) -> Engine {
         token: TokenSettings::default(),
         path_parameters: Default::default(),
         cors_preflight: Default::default(),
+        statuses: Default::default(),
     };
     Engine::new(policy, String::new()).unwrap()
 }

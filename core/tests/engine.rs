@@ -567,7 +567,15 @@ fn public_paths_need_no_token() {
         let d = decide(&f, "GET", "h", path, &[], None);
         assert!(d.allowed && d.identity.is_none(), "{path}");
     }
-    // A broken token on a public path does not turn it into a denial.
+    // Issue 10: a present token is verified by default (`[token] verify = "when_present"`),
+    // so a broken one is refused even on a public path...
+    let d = decide(&f, "GET", "h", "/", &[], Some("garbage"));
+    assert_eq!((code(&d), status(&d)), ("malformed_token", 401));
+    // ...and with `when_required` it is not looked at there.
+    let f = fixture_of(&POLICY.replace(
+        "version = 1\n",
+        "version = 1\n[token]\nverify = \"when_required\"\n",
+    ));
     assert!(decide(&f, "GET", "h", "/", &[], Some("garbage")).allowed);
 }
 

@@ -396,7 +396,7 @@ fn apply(
             HostError::Garbled,
         );
     };
-    let response = reason.response();
+    let response = reason.response_in(decision.statuses);
     let body = format!(
         "{{\"error\":{},\"status\":{},\"rule\":{},\"request_id\":{},\"policy_version\":{}}}\n",
         json(reason.code()),

@@ -430,10 +430,8 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
-    let status = decision
-        .reason
-        .as_ref()
-        .map_or(200, |r| r.response().status);
+    let response = decision.response();
+    let status = response.as_ref().map_or(200, |r| r.status);
     let _ = write!(out, "decision: {verdict}");
     if let Some(reason) = &decision.reason {
         let _ = write!(out, " {status} {}", reason.code());
@@ -444,7 +442,7 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     let _ = writeln!(out);
     if let Some(reason) = &decision.reason {
         let _ = writeln!(out, "reason:   {}", terminal_safe(&reason.to_string()));
-        if let Some(header) = reason.response().www_authenticate {
+        if let Some(header) = response.and_then(|r| r.www_authenticate) {
             let _ = writeln!(
                 out,
                 "header:   WWW-Authenticate: {}",
@@ -488,7 +486,7 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
             shadow
                 .reason
                 .as_ref()
-                .map(|r| format!(" {} {}", r.response().status, r.code()))
+                .map(|r| format!(" {} {}", r.response_in(decision.statuses).status, r.code()))
                 .unwrap_or_default(),
             shadow
                 .rule
@@ -544,7 +542,7 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
             "status": decision.status(),
             "code": decision.reason.as_ref().map(|r| r.code()),
             "message": decision.reason.as_ref().map(|r| r.to_string()),
-            "www_authenticate": decision.reason.as_ref().and_then(|r| r.response().www_authenticate),
+            "www_authenticate": decision.response().and_then(|r| r.www_authenticate),
             "policy_version": engine.digest(),
             "upstream_headers": engine
                 .upstream_headers(&decision)

@@ -134,6 +134,7 @@ fn compile_rule(
         headers,
         not_headers,
         principal,
+        verify_token: rule.verify_token,
         audit: rule.audit,
     };
     check_exclusions(cx, rule, &compiled);

@@ -23,7 +23,7 @@ use super::{Authenticator, Decision, Engine, Identity, RemoteKeys, Request};
 use crate::canonical;
 use crate::compiled::{
     CompiledRule, CorsPreflight, DefaultAction, Effect, Mode, Principal, Requirement, RoleRef,
-    TemplatePart,
+    TemplatePart, VerifyMode,
 };
 use crate::matcher::{self, Captures};
 use crate::reason::DenyReason;
@@ -118,6 +118,18 @@ impl Evaluation<'_, '_, '_, '_> {
         &self.caller
     }
 
+    /// Why the token the request carries fails verification; `None` without a token or with
+    /// a valid one.
+    fn invalid_present_token(&mut self) -> Option<DenyReason> {
+        if matches!(self.token, Ok(None)) {
+            return None;
+        }
+        match self.caller() {
+            Caller::Failed(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
     fn standing(&mut self, matched: &Matched, rule: &CompiledRule) -> Standing {
         let requirement = match &rule.principal {
             Principal::Anyone => return Standing::Applies,
@@ -170,6 +182,25 @@ impl Evaluation<'_, '_, '_, '_> {
         };
         let is_deny = |rule: &CompiledRule| rule.effect == Effect::Deny;
         let is_anyone = |rule: &CompiledRule| rule.principal == Principal::Anyone;
+        // A present token is verified before any rule decides when one matched rule says
+        // `when_present` (or none matched and the policy does): an invalid token is then the
+        // answer, whatever `anyone`, the `allow` default or a deny rule would have said.
+        let policy_mode = engine.policy.token.verify;
+        let mode = |rule: &CompiledRule| rule.verify_token.unwrap_or(policy_mode);
+        let verifier = rules().find(|(_, r)| mode(r) == VerifyMode::WhenPresent);
+        let verify_first = verifier.is_some()
+            || (rules().next().is_none() && policy_mode == VerifyMode::WhenPresent);
+        if verify_first && let Some(reason) = self.invalid_present_token() {
+            record(&mut self.trace, label, false, || {
+                format!(
+                    "the request carries a token that fails verification ({reason}): refused before any rule"
+                )
+            });
+            return Combined {
+                outcome: Err(reason),
+                decider: verifier.map(|(m, _)| m),
+            };
+        }
         // Deny rules first; unconditional ones need no token at all, so they go first.
         let preflight = self.cors_preflight_passes;
         let denies = rules()
@@ -314,6 +345,7 @@ impl Engine {
         authenticate: &mut Authenticator<'_>,
     ) -> Decision {
         let mut decision = Decision {
+            statuses: self.policy.statuses,
             allowed: false,
             reason: None,
             enforced: self.policy.mode == Mode::Enforce,

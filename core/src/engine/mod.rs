@@ -10,10 +10,10 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use crate::algorithm::Algorithm;
-use crate::compiled::{CompiledIssuer, CompiledPolicy, StructureError};
+use crate::compiled::{CompiledIssuer, CompiledPolicy, Statuses, StructureError};
 use crate::keys::{KeySet, MAX_KID_CHARS, printable};
 use crate::matcher::Captures;
-use crate::reason::DenyReason;
+use crate::reason::{DenyReason, Response};
 use crate::token::{self, Trace, record};
 use crate::upstream::IdentityHeaderNames;
 
@@ -143,6 +143,9 @@ pub struct Decision {
     pub shadow: Option<Shadow>,
     /// Every check taken, when tracing (empty on the filter's hot path).
     pub checks: Vec<token::Check>,
+    /// The policy's status table: [`Decision::status`] and [`Decision::response`] answer by it.
+    #[serde(skip)]
+    pub statuses: Statuses,
 }
 
 impl Decision {
@@ -160,12 +163,19 @@ impl Decision {
         }
     }
 
-    /// The status the client gets: 200 when the request passes, else the reason's status.
+    /// The status the client gets: 200 when the request passes, else the reason's status
+    /// under the policy's `statuses`.
     pub fn status(&self) -> u16 {
         match &self.reason {
-            Some(reason) if !self.passes() => reason.response().status,
+            Some(reason) if !self.passes() => reason.response_in(self.statuses).status,
             _ => 200,
         }
+    }
+
+    /// The answer for the denial reason, under the policy's `statuses` (status and
+    /// `WWW-Authenticate`), whether or not audit mode lets the request pass.
+    pub fn response(&self) -> Option<Response> {
+        self.reason.as_ref().map(|r| r.response_in(self.statuses))
     }
 }
 

@@ -1,0 +1,352 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::string_slice
+)]
+//! Issue 10, identity side, at `explain` level (the engine with a trace, through the blob as
+//! the filter loads it): verify a token when present, `statuses`, named-claim conditions,
+//! excluded principals, `unauthenticated`, and the allow/deny/default matrix.
+
+use claimgate_core::blob;
+use claimgate_core::compile::compile;
+use claimgate_core::engine::{Decision, Engine, RemoteKeys, Request};
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://idp.example.com";
+/// 32 zero bytes, base64url: the HS256 secret of the test issuer.
+const SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// The policy head every test starts from: one HS256 issuer `idp` (audience `api`) and a
+/// remote-keys issuer `remote` whose keys never arrive. `{head}` goes before the tables.
+fn policy(head: &str, rules: &str) -> String {
+    format!(
+        r#"version = 1
+{head}
+[issuers.idp]
+issuer = "{ISS}"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret = "{SECRET}"
+roles = ["realm_access.roles", "groups"]
+scopes = ["scope"]
+
+[issuers.remote]
+issuer = "https://remote.example.com"
+audiences = ["api"]
+algorithms = ["RS256"]
+[issuers.remote.jwks]
+uri = "https://remote.example.com/keys"
+cluster = "outbound|443||remote.example.com"
+before_first_fetch = "reject"
+
+{rules}
+"#
+    )
+}
+
+fn engine(text: &str) -> Engine {
+    let compiled = compile(text, "policy.toml", &|name: &str| {
+        Err(format!("no `{name}`"))
+    })
+    .unwrap_or_else(|d| panic!("{d:#?}\n{text}"));
+    let config = serde_json::to_vec(&blob::plugin_config(&compiled.policy).unwrap()).unwrap();
+    blob::engine_from_plugin_config(&config).unwrap()
+}
+
+/// A signed token with the base claims (`sub` alice, audience `api`, valid now) changed by
+/// `extra` (a `null` removes a claim).
+fn token(extra: Value) -> String {
+    let mut claims = json!({"iss": ISS, "sub": "alice", "aud": "api",
+                            "iat": NOW - 10, "exp": NOW + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    let claims: JWTClaims<serde_json::Map<String, Value>> = serde_json::from_value(claims).unwrap();
+    HS256Key::from_bytes(&[0u8; 32])
+        .authenticate(claims)
+        .unwrap()
+}
+
+fn expired() -> String {
+    token(json!({"iat": NOW - 7200, "exp": NOW - 3600}))
+}
+
+/// A token signed with another key.
+fn forged() -> String {
+    let claims: JWTClaims<serde_json::Map<String, Value>> = serde_json::from_value(
+        json!({"iss": ISS, "sub": "mallory", "aud": "api", "iat": NOW - 10, "exp": NOW + 600}),
+    )
+    .unwrap();
+    HS256Key::from_bytes(&[7u8; 32])
+        .authenticate(claims)
+        .unwrap()
+}
+
+fn decide(engine: &Engine, method: &str, path: &str, token: Option<&str>) -> Decision {
+    let headers: Vec<(String, String)> = token
+        .map(|t| vec![("authorization".to_owned(), format!("Bearer {t}"))])
+        .unwrap_or_default();
+    let request = Request {
+        method,
+        host: "api.example.com",
+        path,
+        headers: &headers,
+    };
+    let mut trace = Vec::new();
+    engine.decide(&request, NOW, &RemoteKeys::default(), Some(&mut trace))
+}
+
+/// `(status, code)` as `explain` shows them: the status the filter sends.
+fn answer(d: &Decision) -> (u16, &'static str) {
+    (d.status(), d.reason.as_ref().map_or("allow", |r| r.code()))
+}
+
+fn get(engine: &Engine, path: &str, token: Option<&str>) -> (u16, &'static str) {
+    answer(&decide(engine, "GET", path, token))
+}
+
+const PUBLIC: &str = r#"
+[[rules]]
+name = "health"
+paths = ["/health"]
+allow = "anyone"
+"#;
+
+// ---------------------------------------------------------------------------------------
+// 1. Verify a token when present.
+
+/// Issue 10 item 1: an expired or forged token passed an `anyone` rule (the rule never looked
+/// at it). Fails on the code before `[token] verify`.
+#[test]
+fn a_present_invalid_token_is_refused_on_a_public_path() {
+    let e = engine(&policy("", PUBLIC));
+    assert_eq!(get(&e, "/health", None), (200, "allow"));
+    assert_eq!(get(&e, "/health", Some(&expired())), (401, "expired"));
+    assert_eq!(get(&e, "/health", Some(&forged())), (401, "bad_signature"));
+    assert_eq!(
+        get(&e, "/health", Some("garbage")),
+        (401, "malformed_token")
+    );
+    let d = decide(&e, "GET", "/health", Some(&expired()));
+    assert_eq!(d.rule.as_deref(), Some("health"));
+    assert!(
+        d.response()
+            .unwrap()
+            .www_authenticate
+            .unwrap()
+            .contains("invalid_token")
+    );
+}
+
+/// The `allow` default and an `anyone` deny do not save or pre-empt an invalid token either.
+#[test]
+fn a_present_invalid_token_beats_the_allow_default_and_an_anyone_deny() {
+    let rules = r#"
+[[rules]]
+name = "retired"
+paths = ["/retired"]
+deny = "anyone"
+"#;
+    let e = engine(&policy("default = \"allow\"", rules));
+    assert_eq!(get(&e, "/anything", None), (200, "allow"));
+    assert_eq!(get(&e, "/anything", Some(&expired())), (401, "expired"));
+    assert_eq!(get(&e, "/retired", None), (403, "explicit_deny"));
+    assert_eq!(get(&e, "/retired", Some(&forged())), (401, "bad_signature"));
+    assert_eq!(
+        get(&e, "/retired", Some(&token(json!({})))),
+        (403, "explicit_deny")
+    );
+    // An unknown issuer is an invalid token too.
+    let other = token(json!({"iss": "https://elsewhere"}));
+    assert_eq!(get(&e, "/anything", Some(&other)), (401, "unknown_issuer"));
+}
+
+#[test]
+fn a_verified_caller_on_a_public_path_carries_its_identity_upstream() {
+    let e = engine(&policy("", PUBLIC));
+    let d = decide(&e, "GET", "/health", Some(&token(json!({}))));
+    assert!(d.allowed);
+    let identity = d.identity.as_deref().unwrap();
+    assert_eq!(identity.subject, "alice");
+    let headers = e.upstream_headers(&d);
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| *n == "x-claimgate-subject" && v == "alice"),
+        "{headers:?}"
+    );
+    // Without a token: no identity, no identity headers.
+    let d = decide(&e, "GET", "/health", None);
+    assert!(d.allowed && d.identity.is_none() && e.upstream_headers(&d).is_empty());
+}
+
+#[test]
+fn when_required_keeps_the_old_behaviour_and_a_rule_can_tighten_it() {
+    let rules = r#"
+[[rules]]
+name = "health"
+paths = ["/health"]
+allow = "anyone"
+
+[[rules]]
+name = "status"
+paths = ["/status"]
+verify_token = "when_present"
+allow = "anyone"
+"#;
+    let e = engine(&policy(
+        "default = \"allow\"\n[token]\nverify = \"when_required\"",
+        rules,
+    ));
+    assert_eq!(get(&e, "/health", Some(&expired())), (200, "allow"));
+    assert_eq!(get(&e, "/anything", Some(&expired())), (200, "allow"));
+    assert_eq!(get(&e, "/status", Some(&expired())), (401, "expired"));
+    // `when_required` still verifies where a rule needs an identity.
+    let d = decide(&e, "GET", "/health", Some(&expired()));
+    assert!(d.identity.is_none());
+}
+
+/// A rule relaxes only where every matched enforcing rule relaxes.
+#[test]
+fn relaxing_works_only_where_every_matched_rule_relaxes() {
+    let rules = r#"
+[[rules]]
+name = "public-relaxed"
+paths = ["/p/*"]
+verify_token = "when_required"
+allow = "anyone"
+
+[[rules]]
+name = "public-strict"
+paths = ["/p/strict"]
+allow = "anyone"
+"#;
+    let e = engine(&policy("", rules));
+    assert_eq!(get(&e, "/p/loose", Some(&expired())), (200, "allow"));
+    assert_eq!(get(&e, "/p/strict", Some(&expired())), (401, "expired"));
+    // No token: public either way.
+    assert_eq!(get(&e, "/p/strict", None), (200, "allow"));
+}
+
+/// Audit mode keeps its split: the policy-wide audit passes the request (denied, not
+/// enforced); an audit rule never changes the enforced decision, only the shadow.
+#[test]
+fn verification_failures_keep_the_audit_split() {
+    let e = engine(&policy("mode = \"audit\"", PUBLIC));
+    let d = decide(&e, "GET", "/health", Some(&expired()));
+    assert!(!d.allowed && !d.enforced && d.passes());
+    assert_eq!(d.status(), 200);
+    assert_eq!(d.reason.as_ref().unwrap().code(), "expired");
+
+    let rules = r#"
+[[rules]]
+name = "health"
+paths = ["/health"]
+allow = "anyone"
+
+[[rules]]
+name = "strict-audit"
+paths = ["/health"]
+audit = true
+verify_token = "when_present"
+allow = "anyone"
+"#;
+    let e = engine(&policy("[token]\nverify = \"when_required\"", rules));
+    let d = decide(&e, "GET", "/health", Some(&expired()));
+    assert!(d.allowed && d.enforced, "{d:?}");
+    let shadow = d.shadow.unwrap();
+    assert!(!shadow.allowed);
+    assert_eq!(shadow.reason.unwrap().code(), "expired");
+    // The other way round: the enforcing rule verifies, the audit rule relaxes; the
+    // enforced decision still refuses.
+    let rules = r#"
+[[rules]]
+name = "health"
+paths = ["/health"]
+allow = "anyone"
+
+[[rules]]
+name = "relaxed-audit"
+paths = ["/health"]
+audit = true
+verify_token = "when_required"
+allow = "anyone"
+"#;
+    let e = engine(&policy("", rules));
+    let d = decide(&e, "GET", "/health", Some(&expired()));
+    assert_eq!(answer(&d), (401, "expired"));
+    assert!(d.enforced);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Statuses.
+
+const NEEDS_TOKEN: &str = r#"
+[[rules]]
+name = "score"
+paths = ["/score"]
+allow = "authenticated"
+
+[[rules]]
+name = "remote"
+paths = ["/remote"]
+allow = { issuers = ["remote"] }
+"#;
+
+#[test]
+fn claimgate_statuses_by_default() {
+    let e = engine(&policy("", NEEDS_TOKEN));
+    let d = decide(&e, "POST", "/score", None);
+    assert_eq!(answer(&d), (401, "no_token"));
+    assert_eq!(
+        d.response().unwrap().www_authenticate.as_deref(),
+        Some("Bearer")
+    );
+    let aud = token(json!({"aud": "other"}));
+    assert_eq!(get(&e, "/score", Some(&aud)), (401, "wrong_audience"));
+    let remote = remote_token();
+    assert_eq!(get(&e, "/remote", Some(&remote)), (503, "keys_unavailable"));
+}
+
+/// An RS256-headed token of the remote issuer (its keys never arrive, so the signature is
+/// never looked at).
+fn remote_token() -> String {
+    use base64::Engine as _;
+    let b64 = |v: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.c2ln",
+        b64(json!({"alg": "RS256", "kid": "k1"})),
+        b64(
+            json!({"iss": "https://remote.example.com", "sub": "bob", "aud": "api",
+                   "iat": NOW - 10, "exp": NOW + 600})
+        )
+    )
+}
+
+#[test]
+fn istio_statuses_change_only_status_and_header() {
+    let e = engine(&policy("statuses = \"istio\"", NEEDS_TOKEN));
+    let d = decide(&e, "POST", "/score", None);
+    assert_eq!(answer(&d), (403, "no_token"));
+    assert_eq!(d.response().unwrap().www_authenticate, None);
+    let aud = token(json!({"aud": "other"}));
+    assert_eq!(get(&e, "/score", Some(&aud)), (403, "wrong_audience"));
+    assert_eq!(
+        get(&e, "/remote", Some(&remote_token())),
+        (401, "keys_unavailable")
+    );
+    // Everything else as claimgate answers it.
+    assert_eq!(get(&e, "/score", Some(&expired())), (401, "expired"));
+    assert_eq!(get(&e, "/nothing", None), (403, "no_rule"));
+    assert_eq!(get(&e, "/score", Some(&token(json!({})))), (200, "allow"));
+}
