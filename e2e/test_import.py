@@ -22,6 +22,9 @@ SCENARIOS = Path(__file__).resolve().parent / "istio_scenarios"
 KEYS = SCENARIOS / "keys"
 TOKENS = tomllib.loads((SCENARIOS / "tokens.toml").read_text())["tokens"]
 TASKS = [tomllib.loads(p.read_text()) for p in sorted(SCENARIOS.glob("*.toml")) if p.name != "tokens.toml"]
+# Stages whose policy needs named-claim conditions, `not_claims` or "unauthenticated" (IDENTITY,
+# issue 10 item 4), not on main yet; the Rust round trip checks they fail only for that reason.
+PENDING = {"authz-jwt.3.yaml", "authn-policy.2.yaml", "authn-policy.3.yaml"}
 STAGES = [(task["task"], i, stage) for task in TASKS for i, stage in enumerate(task["stages"])]
 
 
@@ -49,11 +52,10 @@ def test_every_task_is_covered():
     assert sum(len(s["requests"]) for _, _, s in STAGES) == 19
 
 
-# Until IDENTITY's part of issue 10 (statuses, [token] verify, claims, "unauthenticated") is on
-# main, the policies import writes do not compile yet.
-@pytest.mark.skip(reason="needs issue 10's identity language on main (statuses, verify, claims)")
 @pytest.mark.parametrize("task,index,stage", STAGES, ids=[f"{t}-{i + 1}" for t, i, _ in STAGES])
 def test_documented_statuses(binary, task, index, stage):
+    if stage["resources"] in PENDING:
+        pytest.skip("needs named-claim conditions and \"unauthenticated\" (IDENTITY) on main")
     work = Path(h.scratch())
     policy = work / "policy.toml"
     imported = subprocess.run([h.CLAIMGATE, "import", SCENARIOS / stage["resources"], "-o", policy], capture_output=True, text=True)

@@ -114,16 +114,26 @@ fn task_files() -> Vec<PathBuf> {
     files
 }
 
+/// Stages whose imported policy needs named-claim conditions, `not_claims` or
+/// `"unauthenticated"` (IDENTITY, issue 10 item 4), not on main yet: checked to fail only for
+/// that reason, and to be taken off this list once they compile.
+const PENDING: &[&str] = &[
+    "authz-jwt.3.yaml",
+    "authn-policy.2.yaml",
+    "authn-policy.3.yaml",
+];
+
 /// The acceptance test of issue 10: every request Istio's tasks document gets the documented
 /// status from the imported policy, through the engine `explain` uses.
 #[test]
-#[ignore = "needs issue 10's language on main: statuses, [token] verify, token locations, claims (IDENTITY, TOKENIO)"]
+
 fn every_documented_request_gets_its_documented_status() {
     let tokens: Tokens =
         toml::from_str(&std::fs::read_to_string(scenarios().join("tokens.toml")).unwrap()).unwrap();
     let files = task_files();
     assert_eq!(files.len(), 4, "{files:?}");
     let mut checked = 0;
+    let mut pending = 0;
     let mut failures = Vec::new();
     for file in files {
         let task: Task = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -139,16 +149,37 @@ fn every_documented_request_gets_its_documented_status() {
                 losses(&imported)
             );
             let compiled =
-                claimgate_core::compile::compile(&imported.toml, "imported.toml", &|_| {
+                match claimgate_core::compile::compile(&imported.toml, "imported.toml", &|_| {
                     Err("no files".into())
-                })
-                .unwrap_or_else(|d| {
-                    panic!(
-                        "{}: {}: the imported policy does not compile: {d:#?}\n{}",
-                        task.task, stage.about, imported.toml
-                    )
-                });
+                }) {
+                    Ok(compiled) => compiled,
+                    Err(d) if PENDING.contains(&stage.resources.as_str()) => {
+                        // Checked, so that this list cannot outlive its reason.
+                        let pending_only = d.iter().all(|d| {
+                            d.severity != claimgate_core::compile::Severity::Error
+                                || d.message.contains("`unauthenticated`")
+                                || d.message.contains("`claims`")
+                                || d.message.contains("`not_claims`")
+                        });
+                        assert!(pending_only, "{}: {d:#?}", stage.resources);
+                        pending += 1;
+                        continue;
+                    }
+                    Err(d) => {
+                        let errors: Vec<String> = d.iter().map(|d| d.message.clone()).collect();
+                        failures.push(format!(
+                            "{}: {}: the imported policy does not compile: {errors:?}",
+                            task.task, stage.about
+                        ));
+                        continue;
+                    }
+                };
             let engine = policy_compiler::engine_from(&compiled).unwrap();
+            assert!(
+                !PENDING.contains(&stage.resources.as_str()),
+                "{} compiles now: take it off PENDING",
+                stage.resources
+            );
             for request in &stage.requests {
                 let mut headers = Vec::new();
                 if let Some(name) = &request.token {
@@ -193,7 +224,8 @@ fn every_documented_request_gets_its_documented_status() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(checked >= 19, "only {checked} requests checked");
+    assert_eq!(pending, PENDING.len());
+    assert!(checked >= 19 - 5, "only {checked} requests checked");
 }
 
 /// Every scenario file is read by the round trip, and every documented status is one the
