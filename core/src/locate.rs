@@ -185,6 +185,30 @@ pub fn cookie_pairs<'r>(
         })
 }
 
+/// The `cookie` header without the named cookies, for `forward = false`: `None` when no
+/// value holds one (nothing to change), else the remaining cookies joined with `; ` (empty:
+/// remove the header).
+pub fn cookie_header_without<'r>(
+    values: impl Iterator<Item = &'r str> + Clone,
+    names: &[&str],
+) -> Option<String> {
+    let removes = |name: &str| names.contains(&name.trim());
+    let any = values
+        .clone()
+        .flat_map(|value| value.split(';'))
+        .any(|pair| pair.split_once('=').is_some_and(|(name, _)| removes(name)));
+    if !any {
+        return None;
+    }
+    let kept: Vec<&str> = values
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| !pair.split_once('=').is_some_and(|(name, _)| removes(name)))
+        .collect();
+    Some(kept.join("; "))
+}
+
 /// Collects candidate tokens; refuses two different ones.
 struct Found<'r, 'p> {
     located: Option<Located<'r, 'p>>,

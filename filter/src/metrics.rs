@@ -86,11 +86,13 @@ pub fn denied_name(code: &str) -> String {
 pub const ISSUER_TAG: &str = "issuer";
 
 /// The stat name of an issuer's key set gauge: the host clock (Unix seconds) of its last
-/// successful JWKS fetch, `claimgate_jwks_fetch_success_timestamp_seconds{issuer}`. The name
+/// successful JWKS fetch, `claimgate_jwks_fetch_success_timestamp_seconds{issuer}`. The label
 /// is the policy's issuer name with anything outside `[A-Za-z0-9_-]` made `_` (a tag value
-/// must not hold the `;.;` that ends it), at most 64 characters.
+/// must not hold the `;.;` that ends it), at most 64 characters; when that changed the name,
+/// a hash of the whole name follows (`-xxxxxxxx`), so `a.b` and `a_b`, or two long names
+/// alike in their first 64 characters, never share one gauge.
 pub fn keys_fetched_name(issuer: &str) -> String {
-    let value: String = issuer
+    let mut value: String = issuer
         .chars()
         .take(64)
         .map(|c| {
@@ -101,7 +103,17 @@ pub fn keys_fetched_name(issuer: &str) -> String {
             }
         })
         .collect();
+    if value != issuer {
+        value = format!("{value}-{:08x}", fnv1a(issuer.as_bytes()));
+    }
     format!("claimgate.{ISSUER_TAG}=.={value};.;jwks_fetch_success_timestamp_seconds")
+}
+
+/// FNV-1a, 32 bits: a short, stable tell-apart for label values (not a security measure).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash: u32, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Metric ids, defined once per root context.
@@ -237,9 +249,14 @@ mod tests {
     #[test]
     fn key_set_gauges_are_one_metric_with_a_safe_issuer_label() {
         let name = keys_fetched_name("entra;.;x=.=y.z-1");
+        assert!(
+            name.starts_with("claimgate.issuer=.=entra___x___y_z-1-")
+                && name.ends_with(";.;jwks_fetch_success_timestamp_seconds"),
+            "{name}"
+        );
         assert_eq!(
-            name,
-            "claimgate.issuer=.=entra___x___y_z-1;.;jwks_fetch_success_timestamp_seconds"
+            keys_fetched_name("idp_1-a"),
+            "claimgate.issuer=.=idp_1-a;.;jwks_fetch_success_timestamp_seconds"
         );
         let long = keys_fetched_name(&"i".repeat(1_000));
         assert!(long.len() < 140, "{long}");
@@ -256,6 +273,33 @@ mod tests {
             Some(testing::NOW + 1),
             "no such issuer"
         );
+    }
+
+    /// Issuers whose names differ only in `.` versus `_` (or after 64 characters) shared one
+    /// gauge: the last fetch of either hid a failing other.
+    #[test]
+    fn key_set_gauges_of_issuers_alike_once_sanitised_are_distinct() {
+        let long = "i".repeat(64);
+        for (a, b) in [
+            ("idp.eu".to_owned(), "idp_eu".to_owned()),
+            ("idp.eu".to_owned(), "idp:eu".to_owned()),
+            (format!("{long}a"), format!("{long}b")),
+            (long.clone(), format!("{long}b")),
+        ] {
+            assert_ne!(keys_fetched_name(&a), keys_fetched_name(&b), "{a} {b}");
+        }
+        let policy = testing::POLICY.replace("[issuers.idp", "[issuers.\"idp.x\"")
+            + "\n[issuers.idp_x]\nissuer = \"https://other.test\"\nalgorithms = [\"ES256\"]\n[issuers.idp_x.jwks]\nuri = \"http://other.test/keys\"\ncluster = \"jwks\"\n";
+        let policy = policy.replace(
+            "allow = { roles_any",
+            "allow = { issuers = [\"idp.x\", \"idp_x\"], roles_any",
+        );
+        let host = MockHost::new(testing::NOW_MS);
+        let engine = testing::engine(&policy);
+        let metrics = Metrics::define(&host, &engine);
+        metrics.keys_fetched(&host, 0, testing::NOW_MS);
+        assert_eq!(host.metric(&keys_fetched_name("idp.x")), Some(testing::NOW));
+        assert_eq!(host.metric(&keys_fetched_name("idp_x")), Some(0));
     }
 
     #[test]

@@ -439,6 +439,38 @@ fn forward(
         for name in locate::token_header_names(engine.policy()) {
             host.remove_request_header(name.as_bytes())?;
         }
+        remove_token_cookies(host, engine, headers)?;
+    }
+    Ok(())
+}
+
+/// `forward = false` and token cookies: the `cookie` header is rewritten without them (the
+/// other cookies still reach the upstream); removed when nothing else is left, or when a
+/// `cookie` value is not UTF-8 (it cannot be rewritten faithfully, and the token must go).
+/// A query parameter token stays in the path (as with Envoy's `forward: false`): rewriting
+/// the path after routing would change what the rules matched.
+fn remove_token_cookies(
+    host: &dyn Host,
+    engine: &Engine,
+    headers: &Headers,
+) -> Result<(), HostError> {
+    let names = locate::token_cookie_names(engine.policy());
+    if names.is_empty() {
+        return Ok(());
+    }
+    let cookie = |(name, _): &&(String, String)| name.eq_ignore_ascii_case(locate::COOKIE_HEADER);
+    let values = headers.pairs.iter().filter(cookie).map(|(_, v)| v.as_str());
+    let Some(rest) = locate::cookie_header_without(values, &names) else {
+        return Ok(());
+    };
+    let lossy = headers
+        .pairs
+        .iter()
+        .zip(&headers.lossy)
+        .any(|(pair, lossy)| *lossy && cookie(&pair));
+    host.remove_request_header(locate::COOKIE_HEADER.as_bytes())?;
+    if !rest.is_empty() && !lossy {
+        host.set_request_header(locate::COOKIE_HEADER, &rest)?;
     }
     Ok(())
 }
@@ -514,6 +546,10 @@ fn fail(host: &dyn Host, shared: &RefCell<Shared>, what: &str, error: HostError)
 #[cfg(test)]
 #[path = "request_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "token_io_tests.rs"]
+mod token_io_tests;
 
 /// Request trailers: identity headers a client sends there (an h2 or gRPC upstream receives
 /// trailers) are removed, like the ones in the headers. Returns false if that failed.

@@ -103,18 +103,21 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        let header_name = engine.policy().token.primary_header().to_owned();
+        // In the first header location, with its prefix, as a client sends it.
         if let Some(token) = &case.token {
             let token = match token.strip_prefix('@') {
                 Some(file) => token_argument(&format!("@{}", base.join(file).display()))?,
                 None => token.clone(),
             };
-            headers.push((header_name.clone(), format!("Bearer {token}")));
+            headers.push(claimgate_core::locate::example_header(
+                engine.policy(),
+                &token,
+            ));
         } else if case.claims.is_some() {
-            // A placeholder bearer value: the authenticator below reads the claims instead.
-            headers.push((
-                header_name.clone(),
-                "Bearer unsigned-test-claims".to_owned(),
+            // A placeholder token: the authenticator below reads the claims instead.
+            headers.push(claimgate_core::locate::example_header(
+                engine.policy(),
+                "unsigned-test-claims",
             ));
         }
         let request = Request {

@@ -521,9 +521,11 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
     let mut headers = header_pairs(&args.headers)?;
     if let Some(token) = &args.token {
         let token = token_argument(token)?;
-        // The token goes in the first configured header, as a client would send it.
-        let name = engine.policy().token.primary_header().to_owned();
-        headers.push((name, format!("Bearer {token}")));
+        // The token goes in the first header location, with its prefix, as a client sends it.
+        headers.push(claimgate_core::locate::example_header(
+            engine.policy(),
+            &token,
+        ));
     }
     let request = Request {
         method: &args.method,
