@@ -119,6 +119,31 @@ pub fn collect_strings(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Claims whose string value Istio splits on spaces before matching (Envoy `jwt_authn`
+/// `normalize_payload_in_metadata.space_delimited_claims`, which Istio sets to these).
+const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
+
+/// The values a `claims` condition compares, as Istio's `request.auth.claims[…]` reads them:
+/// a string is one value (top-level `scope` and `permission` split on spaces), an array each
+/// of its string elements; any other JSON type (number, bool, object, null) gives no value,
+/// so it never matches (nor trips a `not_claims`).
+pub fn condition_values(path: &ClaimPath, claims: &Map<String, Value>) -> Vec<String> {
+    match path.lookup(claims) {
+        Some(Value::String(s)) if path.0.len() == 1 && SPACE_DELIMITED.contains(&path.first()) => s
+            .split(' ')
+            .filter(|part| !part.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +168,24 @@ mod tests {
         assert!(ClaimPath::parse("\"a").is_err());
         assert!(ClaimPath::parse("").is_err());
         assert!(ClaimPath::parse("a.").is_err());
+    }
+
+    #[test]
+    fn condition_values_read_claims_as_istio_does() {
+        let claims = serde_json::json!({
+            "tid": "t1", "scope": "a  b", "groups": ["g1", 2, "g2"], "n": 5, "b": true,
+            "o": {"scope": "x y", "deep": ["d"]}, "permission": "p q"
+        });
+        let claims = claims.as_object().unwrap();
+        let values = |p: &str| condition_values(&ClaimPath::parse(p).unwrap(), claims);
+        assert_eq!(values("tid"), ["t1"]);
+        assert_eq!(values("scope"), ["a", "b"]);
+        assert_eq!(values("permission"), ["p", "q"]);
+        assert_eq!(values("groups"), ["g1", "g2"]);
+        assert_eq!(values("o.scope"), ["x y"]);
+        assert_eq!(values("o.deep"), ["d"]);
+        assert!(values("n").is_empty() && values("b").is_empty() && values("o").is_empty());
+        assert!(values("missing").is_empty());
     }
 
     #[test]

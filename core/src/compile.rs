@@ -219,6 +219,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         revoked,
         token,
         statuses: source.statuses,
+        claims: std::mem::take(&mut cx.claim_paths),
     };
     Ok(Compiled {
         policy,

@@ -102,6 +102,9 @@ pub struct CompiledPolicy {
     pub cors_preflight: CorsPreflight,
     /// Which status table answers denials.
     pub statuses: Statuses,
+    /// The claim paths rules name in `claims` / `not_claims`, interned: authentication
+    /// extracts exactly these into the identity.
+    pub claims: Vec<ClaimPath>,
 }
 
 /// What happens to a CORS preflight request (`OPTIONS` with non-empty `origin` and
@@ -408,8 +411,10 @@ pub enum Segment {
 pub enum Principal {
     /// Everyone, with or without a token.
     Anyone,
+    /// Requests that carry no token (Istio: no request principal).
+    Unauthenticated,
     /// Callers with a verified token meeting every condition given.
-    Authenticated(Requirement),
+    Authenticated(Box<Requirement>),
 }
 
 /// Conditions on a verified identity; every non-empty list must hold.
@@ -427,6 +432,23 @@ pub struct Requirement {
     pub scopes_any: Vec<String>,
     /// Every one of these scopes.
     pub scopes_all: Vec<String>,
+    /// Issuer indices the rule excludes.
+    pub not_issuers: Vec<u32>,
+    /// Subjects the rule excludes, each scoped by its issuer.
+    pub not_subjects: Vec<ScopedSubject>,
+    /// Named claims: each must have a value matching one of its patterns.
+    pub claims: Vec<ClaimCondition>,
+    /// Named claims: none of their values may match one of the patterns.
+    pub not_claims: Vec<ClaimCondition>,
+}
+
+/// A condition on one named claim's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCondition {
+    /// Index into [`CompiledPolicy::claims`]: the identity carries the values by this index.
+    pub claim: u32,
+    /// Value patterns (any of).
+    pub patterns: Vec<ValuePattern>,
 }
 
 /// A role a rule asks for.
@@ -568,6 +590,16 @@ pub enum StructureError {
         /// Number of roles.
         count: usize,
     },
+    /// A rule names a claim index past the end.
+    #[error("rule `{rule}` refers to claim #{index}, but the policy has {count}")]
+    ClaimIndex {
+        /// Rule name.
+        rule: String,
+        /// Offending index.
+        index: u32,
+        /// Number of interned claims.
+        count: usize,
+    },
     /// The path index names a rule past the end.
     #[error("path index refers to rule #{index}, but the policy has {count}")]
     RuleIndex {
@@ -620,6 +652,31 @@ impl CompiledPolicy {
                         rule: rule.name.clone(),
                         index: scoped.issuer,
                         count: issuer_count,
+                    });
+                }
+                if let Some(index) = req
+                    .not_issuers
+                    .iter()
+                    .copied()
+                    .chain(req.not_subjects.iter().map(|s| s.issuer))
+                    .find(|&i| i as usize >= issuer_count)
+                {
+                    return Err(StructureError::IssuerIndex {
+                        rule: rule.name.clone(),
+                        index,
+                        count: issuer_count,
+                    });
+                }
+                if let Some(condition) = req
+                    .claims
+                    .iter()
+                    .chain(&req.not_claims)
+                    .find(|c| c.claim as usize >= self.claims.len())
+                {
+                    return Err(StructureError::ClaimIndex {
+                        rule: rule.name.clone(),
+                        index: condition.claim,
+                        count: self.claims.len(),
                     });
                 }
                 for role in req.roles_any.iter().chain(&req.roles_all) {

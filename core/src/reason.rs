@@ -180,6 +180,21 @@ pub enum DenyReason {
         /// The claim that overflowed.
         claim: String,
     },
+    /// A named claim has no value the rule accepts, or a value the rule excludes.
+    ClaimNotAllowed {
+        /// The rule.
+        rule: String,
+        /// The claim path.
+        claim: String,
+        /// Whether a `not_claims` pattern matched (else no `claims` pattern did).
+        excluded: bool,
+    },
+    /// The rule only names requests without a token (`unauthenticated`), and this one
+    /// carries a token.
+    TokenPresent {
+        /// The rule.
+        rule: String,
+    },
     /// An explicit deny rule matched.
     ExplicitDeny {
         /// The deny rule.
@@ -241,6 +256,8 @@ reason_codes! {
     MissingRole => "missing_role",
     MissingScope => "missing_scope",
     GroupsOverage => "groups_overage",
+    ClaimNotAllowed => "claim_not_allowed",
+    TokenPresent => "token_present",
     ExplicitDeny => "explicit_deny",
     NoRuleMatched => "no_rule",
     UnnormalizedPath => "unnormalized_path",
@@ -334,6 +351,8 @@ impl DenyReason {
             | DenyReason::SubjectNotAllowed { .. }
             | DenyReason::MissingRole { .. }
             | DenyReason::GroupsOverage { .. }
+            | DenyReason::ClaimNotAllowed { .. }
+            | DenyReason::TokenPresent { .. }
             | DenyReason::ExplicitDeny { .. }
             | DenyReason::NoRuleMatched => forbidden,
             DenyReason::UnnormalizedPath | DenyReason::PathParameters | DenyReason::InvalidHost => {
@@ -418,6 +437,19 @@ impl fmt::Display for DenyReason {
                 f,
                 "rule `{rule}` needs roles but the token's `{claim}` claim overflowed (Entra groups overage)"
             ),
+            DenyReason::ClaimNotAllowed {
+                rule,
+                claim,
+                excluded: false,
+            } => write!(f, "rule `{rule}`: no value of claim `{claim}` is accepted"),
+            DenyReason::ClaimNotAllowed {
+                rule,
+                claim,
+                excluded: true,
+            } => write!(f, "rule `{rule}` excludes a value of claim `{claim}`"),
+            DenyReason::TokenPresent { rule } => {
+                write!(f, "rule `{rule}` only names requests without a token")
+            }
             DenyReason::ExplicitDeny { rule } => write!(f, "denied by rule `{rule}`"),
             DenyReason::NoRuleMatched => f.write_str("no rule matches the request"),
             DenyReason::UnnormalizedPath => f.write_str("path is not normalised"),

@@ -328,10 +328,11 @@ enum HeaderValuesSchema {
 #[schemars(extend("x-claimgate-kind" = "bad_principal"))]
 #[allow(dead_code)]
 enum PrincipalSchema {
-    /// `"anyone"`: no token needed; `"authenticated"`: any valid token.
+    /// `"anyone"`: no token needed; `"authenticated"`: any valid token; `"unauthenticated"`:
+    /// requests without a token.
     Word(PrincipalWord),
     /// Whom, by issuer, subject, role and scope.
-    Table(PrincipalSource),
+    Table(Box<PrincipalSource>),
 }
 
 /// The word forms of `allow` / `deny`.
@@ -343,6 +344,8 @@ enum PrincipalWord {
     Anyone,
     /// Any caller with a valid token of a policy issuer.
     Authenticated,
+    /// Requests without a token.
+    Unauthenticated,
 }
 
 /// The table form of `allow` / `deny`.
@@ -367,6 +370,21 @@ pub struct PrincipalSource {
     /// Scopes, all needed.
     #[serde(default)]
     pub scopes_all: Vec<String>,
+    /// Issuer names the rule excludes.
+    #[serde(default)]
+    pub not_issuers: Vec<String>,
+    /// Subjects the rule excludes.
+    #[serde(default)]
+    pub not_subjects: Vec<String>,
+    /// Named claims (path syntax `a.b`, `"a.b".c`) = value patterns (exact, `p*`, `*s`, `*`):
+    /// every claim needs one value matching one pattern. A string claim is one value (`scope`
+    /// and `permission` are split on spaces, as Istio does), an array of strings each
+    /// element; other JSON types never match (as Istio).
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<String>>,
+    /// Named claims none of whose values may match a pattern (an absent claim satisfies it).
+    #[serde(default)]
+    pub not_claims: BTreeMap<String, Vec<String>>,
 }
 
 /// `[revoked]`.

@@ -260,6 +260,7 @@ fn engine_with(issuer: CompiledIssuer) -> Engine {
         path_parameters: Default::default(),
         cors_preflight: Default::default(),
         statuses: Default::default(),
+        claims: vec![],
     };
     Engine::new(policy, String::new()).unwrap()
 }

@@ -350,3 +350,375 @@ fn istio_statuses_change_only_status_and_header() {
     assert_eq!(get(&e, "/nothing", None), (403, "no_rule"));
     assert_eq!(get(&e, "/score", Some(&token(json!({})))), (200, "allow"));
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. Conditions on named claims.
+
+/// Issue 10 item 4: a value in any role claim satisfied a condition meant for one claim
+/// (`roles_any` pools `realm_access.roles` and `groups`). `claims` reads that claim only.
+#[test]
+fn a_claim_condition_reads_that_claim_only() {
+    let rules = r#"
+[[rules]]
+name = "admins"
+paths = ["/admin"]
+allow = { claims = { "realm_access.roles" = ["admin"] } }
+
+[[rules]]
+name = "pooled"
+paths = ["/pooled"]
+allow = { roles_any = ["admin"] }
+"#;
+    let e = engine(&policy("", rules));
+    let in_groups = token(json!({"groups": ["admin"]}));
+    let in_realm = token(json!({"realm_access": {"roles": ["user", "admin"]}}));
+    // The pooled role condition cannot tell the claims apart; the claim condition can.
+    assert_eq!(get(&e, "/pooled", Some(&in_groups)), (200, "allow"));
+    assert_eq!(
+        get(&e, "/admin", Some(&in_groups)),
+        (403, "claim_not_allowed")
+    );
+    assert_eq!(get(&e, "/admin", Some(&in_realm)), (200, "allow"));
+    assert_eq!(get(&e, "/admin", None), (401, "no_token"));
+}
+
+#[test]
+fn claim_value_patterns_and_types() {
+    let rules = r#"
+[[rules]]
+name = "corp"
+paths = ["/corp"]
+allow = { claims = { tid = ["72f9", "a1b2"], email = ["*@corp.com"], "org.unit" = ["ml-*"] } }
+
+[[rules]]
+name = "present"
+paths = ["/present"]
+allow = { claims = { tid = ["*"] } }
+
+[[rules]]
+name = "scoped"
+paths = ["/scoped"]
+allow = { claims = { scope = ["score"] } }
+"#;
+    let e = engine(&policy("", rules));
+    let good = json!({"tid": "72f9", "email": "bob@corp.com", "org": {"unit": "ml-ops"}});
+    assert_eq!(get(&e, "/corp", Some(&token(good.clone()))), (200, "allow"));
+    for (claim, bad) in [
+        ("tid", json!("72f")),
+        ("email", json!("bob@corp.com.evil")),
+        ("org", json!({"unit": "hr"})),
+        ("tid", json!(72)),
+        ("tid", Value::Null),
+    ] {
+        let mut claims = good.clone();
+        claims[claim] = bad.clone();
+        assert_eq!(
+            get(&e, "/corp", Some(&token(claims))),
+            (403, "claim_not_allowed"),
+            "{claim} = {bad}"
+        );
+    }
+    // An array claim: one element suffices.
+    let tids = token(json!({"tid": ["x", "a1b2"], "email": "a@corp.com", "org": {"unit": "ml-x"}}));
+    assert_eq!(get(&e, "/corp", Some(&tids)), (200, "allow"));
+    // `*`: present with any string value; a number or an object is no string value.
+    assert_eq!(
+        get(&e, "/present", Some(&token(json!({"tid": "t"})))),
+        (200, "allow")
+    );
+    assert_eq!(
+        get(&e, "/present", Some(&token(json!({"tid": 1})))),
+        (403, "claim_not_allowed")
+    );
+    assert_eq!(
+        get(&e, "/present", Some(&token(json!({})))),
+        (403, "claim_not_allowed")
+    );
+    // `scope` is split on spaces, as Istio does.
+    let scoped = token(json!({"scope": "read score"}));
+    assert_eq!(get(&e, "/scoped", Some(&scoped)), (200, "allow"));
+}
+
+#[test]
+fn not_claims_exclude_and_an_absent_claim_satisfies_them() {
+    let rules = r#"
+[[rules]]
+name = "strong-auth"
+paths = ["/x"]
+allow = { claims = { tid = ["t1"] }, not_claims = { acr = ["low", "guest*"] } }
+"#;
+    let e = engine(&policy("", rules));
+    let with = |acr: Value| token(json!({"tid": "t1", "acr": acr}));
+    assert_eq!(
+        get(&e, "/x", Some(&token(json!({"tid": "t1"})))),
+        (200, "allow")
+    );
+    assert_eq!(get(&e, "/x", Some(&with(json!("high")))), (200, "allow"));
+    assert_eq!(
+        get(&e, "/x", Some(&with(json!("low")))),
+        (403, "claim_not_allowed")
+    );
+    assert_eq!(
+        get(&e, "/x", Some(&with(json!(["high", "guest-1"])))),
+        (403, "claim_not_allowed")
+    );
+    let d = decide(&e, "GET", "/x", Some(&with(json!("low"))));
+    assert!(
+        d.reason
+            .unwrap()
+            .to_string()
+            .contains("excludes a value of claim `acr`")
+    );
+    // A deny rule on a claim: a tokenless caller is not named (negative conditions need a
+    // verified token, SPEC10 item 4).
+    let rules = r#"
+[[rules]]
+name = "open"
+paths = ["/x"]
+allow = "anyone"
+
+[[rules]]
+name = "no-guests"
+paths = ["/x"]
+deny = { claims = { acr = ["guest"] } }
+"#;
+    let e = engine(&policy("", rules));
+    assert_eq!(get(&e, "/x", None), (200, "allow"));
+    assert_eq!(
+        get(&e, "/x", Some(&token(json!({"acr": "guest"})))),
+        (403, "explicit_deny")
+    );
+    assert_eq!(
+        get(&e, "/x", Some(&token(json!({"acr": "full"})))),
+        (200, "allow")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Excluded principals and `unauthenticated`.
+
+#[test]
+fn excluded_issuers_and_subjects() {
+    let rules = r#"
+[[rules]]
+name = "not-remote"
+paths = ["/a"]
+allow = { not_issuers = ["remote"] }
+
+[[rules]]
+name = "not-bob"
+paths = ["/b"]
+allow = { not_subjects = ["bob"] }
+
+[[rules]]
+name = "deny-mallory"
+paths = ["/b"]
+deny = { issuers = ["idp"], subjects = ["mallory"] }
+"#;
+    let e = engine(&policy("", rules));
+    assert_eq!(get(&e, "/a", Some(&token(json!({})))), (200, "allow"));
+    assert_eq!(get(&e, "/b", Some(&token(json!({})))), (200, "allow"));
+    assert_eq!(
+        get(&e, "/b", Some(&token(json!({"sub": "bob"})))),
+        (403, "subject_not_allowed")
+    );
+    assert_eq!(
+        get(&e, "/b", Some(&token(json!({"sub": "mallory"})))),
+        (403, "explicit_deny")
+    );
+    // Negative conditions still need a verified token.
+    assert_eq!(get(&e, "/b", None), (401, "no_token"));
+    let rules = r#"
+[[rules]]
+name = "not-idp"
+paths = ["/a"]
+allow = { not_issuers = ["idp"] }
+"#;
+    let e = engine(&policy("", rules));
+    assert_eq!(
+        get(&e, "/a", Some(&token(json!({})))),
+        (403, "issuer_not_allowed")
+    );
+}
+
+#[test]
+fn unauthenticated_allow_and_deny() {
+    let rules = r#"
+[[rules]]
+name = "anonymous-only"
+paths = ["/signup"]
+allow = "unauthenticated"
+
+[[rules]]
+name = "open"
+paths = ["/data"]
+allow = "anyone"
+
+[[rules]]
+name = "needs-token"
+paths = ["/data"]
+deny = "unauthenticated"
+"#;
+    for (head, no_token_status, www) in [("", 401, true), ("statuses = \"istio\"", 403, false)] {
+        let e = engine(&policy(head, rules));
+        assert_eq!(get(&e, "/signup", None), (200, "allow"));
+        assert_eq!(
+            get(&e, "/signup", Some(&token(json!({})))),
+            (403, "token_present")
+        );
+        assert_eq!(get(&e, "/signup", Some(&expired())), (401, "expired"));
+        let d = decide(&e, "GET", "/data", None);
+        assert_eq!(answer(&d), (no_token_status, "no_token"), "{head}");
+        assert_eq!(d.rule.as_deref(), Some("needs-token"));
+        assert_eq!(d.response().unwrap().www_authenticate.is_some(), www);
+        assert_eq!(get(&e, "/data", Some(&token(json!({})))), (200, "allow"));
+    }
+    // With `when_required`, a token that fails verification is not assumed absent: the
+    // `unauthenticated` deny counts it as possibly naming the caller.
+    let e = engine(&policy("[token]\nverify = \"when_required\"", rules));
+    assert_eq!(get(&e, "/data", Some(&expired())), (401, "expired"));
+    assert_eq!(get(&e, "/signup", Some(&expired())), (403, "token_present"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. The allow / deny / default matrix against Istio's documented semantics
+// (istio.io "Authorization Policy" reference: CUSTOM, then DENY, then ALLOW; no policy →
+// allow; an ALLOW policy present and no ALLOW match → deny; an empty `spec: {}` ALLOW
+// policy matches nothing → deny all; `rules: [{}]` → allow all). In claimgate:
+// - no policy           → `default = "allow"`, no rules
+// - ALLOW policies       → `default = "deny"` (the default) + allow rules
+// - only DENY policies   → `default = "allow"` + deny rules
+// - `spec: {}` (allow nothing) → `default = "deny"`, no rules
+// - `rules: [{}]` (allow all)  → a rule without conditions, `allow = "anyone"`
+
+#[test]
+fn allow_deny_default_matrix() {
+    struct Row {
+        istio: &'static str,
+        head: &'static str,
+        rules: &'static str,
+        /// (path, token?, expected status, expected code)
+        expect: &'static [(&'static str, bool, u16, &'static str)],
+    }
+    let rows = [
+        Row {
+            istio: "no AuthorizationPolicy",
+            head: "default = \"allow\"",
+            rules: "",
+            expect: &[("/a", false, 200, "allow"), ("/a", true, 200, "allow")],
+        },
+        Row {
+            istio: "empty ALLOW policy (spec: {}): deny all",
+            head: "",
+            rules: "",
+            expect: &[("/a", false, 403, "no_rule"), ("/a", true, 403, "no_rule")],
+        },
+        Row {
+            istio: "ALLOW with rules: [{}]: allow all",
+            head: "",
+            rules: "[[rules]]\nname = \"all\"\nallow = \"anyone\"\n",
+            expect: &[("/a", false, 200, "allow"), ("/a", true, 200, "allow")],
+        },
+        Row {
+            istio: "ALLOW requestPrincipals [*] on /a: other paths denied",
+            head: "",
+            rules: "[[rules]]\nname = \"a\"\npaths = [\"/a\"]\nallow = \"authenticated\"\n",
+            expect: &[
+                ("/a", true, 200, "allow"),
+                ("/a", false, 401, "no_token"),
+                ("/b", true, 403, "no_rule"),
+                ("/b", false, 403, "no_rule"),
+            ],
+        },
+        Row {
+            istio: "DENY only (notRequestPrincipals [*] on /a): everything else allowed",
+            head: "default = \"allow\"",
+            rules: "[[rules]]\nname = \"d\"\npaths = [\"/a\"]\ndeny = \"unauthenticated\"\n",
+            expect: &[
+                ("/a", true, 200, "allow"),
+                ("/a", false, 401, "no_token"),
+                ("/b", true, 200, "allow"),
+                ("/b", false, 200, "allow"),
+            ],
+        },
+        Row {
+            istio: "DENY only, principal-specific: a verified caller the deny does not name passes",
+            head: "default = \"allow\"",
+            rules: "[[rules]]\nname = \"d\"\npaths = [\"/a\"]\ndeny = { subjects = [\"mallory\"], issuers = [\"idp\"] }\n",
+            expect: &[("/a", true, 200, "allow"), ("/a", false, 200, "allow")],
+        },
+        Row {
+            istio: "DENY and ALLOW: DENY wins where both match; ALLOW decides elsewhere",
+            head: "",
+            rules: "[[rules]]\nname = \"allow-all\"\nallow = \"authenticated\"\n[[rules]]\nname = \"d\"\npaths = [\"/a\"]\ndeny = \"anyone\"\n",
+            expect: &[
+                ("/a", true, 403, "explicit_deny"),
+                ("/b", true, 200, "allow"),
+                ("/b", false, 401, "no_token"),
+            ],
+        },
+    ];
+    for row in rows {
+        let e = engine(&policy(row.head, row.rules));
+        let valid = token(json!({}));
+        for &(path, with_token, status, code) in row.expect {
+            let got = get(&e, path, with_token.then_some(valid.as_str()));
+            assert_eq!(
+                got,
+                (status, code),
+                "{}: {path} token={with_token}",
+                row.istio
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Compiler diagnostics for the new fields.
+
+fn errors(rules: &str) -> Vec<(String, usize, String)> {
+    let text = policy("", rules);
+    match compile(&text, "p.toml", &|_: &str| Err("none".to_owned())) {
+        Ok(_) => Vec::new(),
+        Err(d) => d
+            .into_iter()
+            .map(|d| (d.kind.to_owned(), d.line, d.hint.unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn new_fields_are_checked_with_places_and_hints() {
+    let rule = |principal: &str| {
+        format!("[[rules]]\nname = \"r\"\npaths = [\"/x\"]\nallow = {principal}\n")
+    };
+    let line = policy("", "").lines().count() + 3;
+    for (principal, kind, hint) in [
+        (
+            "{ claims = { tid = [\"a*b\"] } }",
+            "bad_claim_value",
+            "no `*` inside",
+        ),
+        (
+            "{ claims = { \"a..b\" = [\"x\"] } }",
+            "bad_claim_path",
+            "quote a name",
+        ),
+        ("{ claims = { tid = [] } }", "empty_claim_values", "`\"*\"`"),
+        ("{ not_claims = { tid = [\"\"] } }", "empty_name", "`\"*\"`"),
+        ("{ not_issuers = [\"idq\"] }", "unknown_issuer", "idp"),
+        (
+            "\"unauthenticatd\"",
+            "bad_principal",
+            "did you mean `unauthenticated`",
+        ),
+    ] {
+        let got = errors(&rule(principal));
+        assert_eq!(got.len(), 1, "{principal}: {got:?}");
+        let (k, l, h) = &got[0];
+        assert_eq!((k.as_str(), *l), (kind, line), "{principal}");
+        assert!(h.contains(hint), "{principal}: {h}");
+    }
+    let bad_mode = "[[rules]]\nname = \"r\"\nverify_token = \"always\"\nallow = \"anyone\"\n";
+    assert!(!errors(bad_mode).is_empty());
+}

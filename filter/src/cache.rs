@@ -124,6 +124,12 @@ impl TokenCache {
             + identity.roles.iter().map(String::len).sum::<usize>()
             + identity.scopes.iter().map(String::len).sum::<usize>()
             + identity.subject.len()
+            + identity
+                .claim_values
+                .iter()
+                .flatten()
+                .map(String::len)
+                .sum::<usize>()
             + 256;
         if bytes > MAX_BYTES {
             return;
@@ -223,6 +229,7 @@ mod tests {
             token_id: None,
             overage: None,
             role_bits: vec![],
+            claim_values: vec![],
             upstream: Default::default(),
         })
     }

@@ -37,7 +37,7 @@ error[unknown_field]: unknown field `nmae` in `[[rules]]` #1
   |
   = help: did you mean `name`?
 
-error[bad_principal]: `anyon` is not a value of `allow`: write one of `anyone`, `authenticated`, or a table
+error[bad_principal]: `anyon` is not a value of `allow`: write one of `anyone`, `authenticated`, `unauthenticated`, or a table
  --> policy.toml:8:9
   |
 8 | allow = "anyon"

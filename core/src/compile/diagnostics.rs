@@ -77,6 +77,8 @@ pub(super) struct Context<'a> {
     /// Issuers left out because their table was reported as malformed: a rule naming one
     /// is not also told the issuer does not exist.
     pub(super) malformed_issuers: Vec<String>,
+    /// Claim paths the rules' `claims` / `not_claims` name, interned (index = claim id).
+    pub(super) claim_paths: Vec<crate::claims::ClaimPath>,
 }
 
 impl<'a> Context<'a> {
@@ -89,6 +91,7 @@ impl<'a> Context<'a> {
                 .collect(),
             diagnostics: Vec::new(),
             malformed_issuers: Vec::new(),
+            claim_paths: Vec::new(),
         }
     }
 

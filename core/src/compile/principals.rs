@@ -7,8 +7,13 @@ use std::ops::Range;
 
 use super::diagnostics::Context;
 use super::rules::is_variable_name;
+use super::rules::parse_value_pattern;
 use super::suggest;
-use crate::compiled::{Effect, Principal, Requirement, RoleRef, ScopedSubject, TemplatePart};
+use crate::claims::ClaimPath;
+use crate::compiled::{
+    ClaimCondition, Effect, Principal, Requirement, RoleRef, ScopedSubject, TemplatePart,
+    ValuePattern,
+};
 use crate::source::{PrincipalSource, RuleSource};
 
 /// The rule's effect and principal; `None` after reporting why there is none.
@@ -46,27 +51,33 @@ pub(super) fn principal(
     let principal = match value.get_ref() {
         toml::Value::String(word) if word == "anyone" => Principal::Anyone,
         toml::Value::String(word) if word == "authenticated" => {
-            Principal::Authenticated(Requirement::default())
+            Principal::Authenticated(Box::default())
         }
+        toml::Value::String(word) if word == "unauthenticated" => Principal::Unauthenticated,
         toml::Value::String(word) => {
             cx.error(
                 "bad_principal",
                 &span,
-                format!("`{word}` is not `anyone`, `authenticated` or a table"),
-                "write `\"anyone\"`, `\"authenticated\"` or a table such as `{ roles_any = [\"ml-scorer\"] }`",
+                format!("`{word}` is not `anyone`, `authenticated`, `unauthenticated` or a table"),
+                format!(
+                    "{}write `\"anyone\"`, `\"authenticated\"`, `\"unauthenticated\"` or a table such as `{{ roles_any = [\"ml-scorer\"] }}`",
+                    suggest::closest(word, ["anyone", "authenticated", "unauthenticated"])
+                        .map(|w| format!("did you mean `\"{w}\"`? "))
+                        .unwrap_or_default()
+                ),
             );
             return None;
         }
         value => match value.clone().try_into::<PrincipalSource>() {
-            Ok(table) => Principal::Authenticated(requirement(
+            Ok(table) => Principal::Authenticated(Box::new(requirement(
                 cx, name, &span, table, issuers, variables, intern,
-            )?),
+            )?)),
             Err(error) => {
                 cx.error(
                     "bad_principal",
                     &span,
                     format!("rule `{name}`: {}", error.message()),
-                    "fields: issuers, subjects, roles_any, roles_all, scopes_any, scopes_all",
+                    "fields: issuers, subjects, roles_any, roles_all, scopes_any, scopes_all, not_issuers, not_subjects, claims, not_claims",
                 );
                 return None;
             }
@@ -172,11 +183,24 @@ fn requirement(
         ("roles_all", &table.roles_all),
         ("scopes_any", &table.scopes_any),
         ("scopes_all", &table.scopes_all),
+        ("not_issuers", &table.not_issuers),
+        ("not_subjects", &table.not_subjects),
     ] {
         ok &= check_names(cx, rule, span, field, list);
     }
     let mut issuer_ids = Vec::new();
-    for name in table.issuers.iter().filter(|n| !n.is_empty()) {
+    let mut not_issuer_ids = Vec::new();
+    let named = table
+        .issuers
+        .iter()
+        .map(|n| (n, false))
+        .chain(table.not_issuers.iter().map(|n| (n, true)));
+    for (name, excluded) in named.filter(|(n, _)| !n.is_empty()) {
+        let issuer_ids = if excluded {
+            &mut not_issuer_ids
+        } else {
+            &mut issuer_ids
+        };
         match issuers.get(name.as_str()) {
             Some(&id) if !issuer_ids.contains(&id) => issuer_ids.push(id),
             Some(_) => {}
@@ -266,15 +290,30 @@ fn requirement(
         );
         ok = false;
     }
-    let subjects = subject_issuers
-        .iter()
-        .flat_map(|&issuer| {
-            table.subjects.iter().map(move |subject| ScopedSubject {
-                issuer,
-                subject: subject.clone(),
+    let scoped = |subjects: &[String], issuers: &[u32]| -> Vec<ScopedSubject> {
+        issuers
+            .iter()
+            .flat_map(|&issuer| {
+                subjects.iter().map(move |subject| ScopedSubject {
+                    issuer,
+                    subject: subject.clone(),
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    let subjects = scoped(&table.subjects, &subject_issuers);
+    // An excluded subject is excluded under every issuer it could come from: the rule's
+    // issuers, or else every issuer of the policy (excluding too much is the safe side).
+    let not_subject_issuers: Vec<u32> = if issuer_ids.is_empty() {
+        let mut all: Vec<u32> = issuers.values().copied().collect();
+        all.sort_unstable();
+        all
+    } else {
+        issuer_ids.clone()
+    };
+    let not_subjects = scoped(&table.not_subjects, &not_subject_issuers);
+    let claims = claim_conditions(cx, rule, span, "claims", &table.claims, &mut ok);
+    let not_claims = claim_conditions(cx, rule, span, "not_claims", &table.not_claims, &mut ok);
     ok.then_some(Requirement {
         issuers: issuer_ids,
         subjects,
@@ -282,7 +321,102 @@ fn requirement(
         roles_all,
         scopes_any: table.scopes_any,
         scopes_all: table.scopes_all,
+        not_issuers: not_issuer_ids,
+        not_subjects,
+        claims,
+        not_claims,
     })
+}
+
+/// `claims` / `not_claims`: claim paths parsed and interned, value patterns parsed.
+fn claim_conditions(
+    cx: &mut Context<'_>,
+    rule: &str,
+    span: &Range<usize>,
+    field: &str,
+    table: &std::collections::BTreeMap<String, Vec<String>>,
+    ok: &mut bool,
+) -> Vec<ClaimCondition> {
+    let mut out = Vec::new();
+    for (path, values) in table {
+        let parsed = match ClaimPath::parse(path) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                let place = cx.narrow(span, path);
+                cx.error(
+                    "bad_claim_path",
+                    &place,
+                    format!("rule `{rule}`: `{field}`: {error}"),
+                    "a claim path is names separated by dots; quote a name holding a dot: `resource_access.\"my.client\".roles`",
+                );
+                *ok = false;
+                continue;
+            }
+        };
+        if values.is_empty() {
+            let place = cx.narrow(span, path);
+            cx.error(
+                "empty_claim_values",
+                &place,
+                format!("rule `{rule}`: `{field}` lists no value for claim `{path}`: no value could match"),
+                "write at least one pattern; `\"*\"` stands for any value",
+            );
+            *ok = false;
+            continue;
+        }
+        let mut patterns: Vec<ValuePattern> = Vec::new();
+        for value in values {
+            let problem = if value.is_empty() {
+                Some((
+                    format!("rule `{rule}`: `{field}`: claim `{path}` has an empty value pattern"),
+                    "write `\"*\"` for a claim present with any value",
+                ))
+            } else if value.chars().any(char::is_control) {
+                Some((
+                    format!(
+                        "rule `{rule}`: `{field}`: `{}` for claim `{path}` holds a control character",
+                        value.escape_default()
+                    ),
+                    "values are printable text; remove the control character",
+                ))
+            } else {
+                match parse_value_pattern(value) {
+                    Ok(pattern) => {
+                        if !patterns.contains(&pattern) {
+                            patterns.push(pattern);
+                        }
+                        None
+                    }
+                    Err((message, _)) => Some((
+                        format!("rule `{rule}`: `{field}`: claim `{path}`: {message}"),
+                        "a claim value pattern is exact, `prefix*`, `*suffix` or `*` (as Istio): no `*` inside",
+                    )),
+                }
+            };
+            if let Some((message, hint)) = problem {
+                let place = cx.narrow(span, value);
+                let kind = if value.is_empty() {
+                    "empty_name"
+                } else {
+                    "bad_claim_value"
+                };
+                cx.error(kind, &place, message, hint);
+                *ok = false;
+            }
+        }
+        let claim = match cx.claim_paths.iter().position(|p| *p == parsed) {
+            Some(index) => index,
+            None => {
+                cx.claim_paths.push(parsed);
+                cx.claim_paths.len() - 1
+            }
+        };
+        out.push(ClaimCondition {
+            claim: u32::try_from(claim).unwrap_or(u32::MAX),
+            patterns,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -323,7 +457,7 @@ hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
         );
         let requirement = match &compiled(&text).policy.rules[0].principal {
             Principal::Authenticated(r) => r.clone(),
-            Principal::Anyone => panic!("anyone"),
+            _ => panic!("not a table"),
         };
         // Issuers are indexed in name order: entra = 0, kc = 1.
         assert_eq!(requirement.issuers, [1, 0]);
@@ -346,7 +480,7 @@ hmac_secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
                     subject: "svc-a".into()
                 }]
             ),
-            Principal::Anyone => panic!("anyone"),
+            _ => panic!("not a table"),
         }
     }
 

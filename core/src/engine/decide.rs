@@ -22,8 +22,8 @@ use serde::Serialize;
 use super::{Authenticator, Decision, Engine, Identity, RemoteKeys, Request};
 use crate::canonical;
 use crate::compiled::{
-    CompiledRule, CorsPreflight, DefaultAction, Effect, Mode, Principal, Requirement, RoleRef,
-    TemplatePart, VerifyMode,
+    ClaimCondition, CompiledRule, CorsPreflight, DefaultAction, Effect, Mode, Principal,
+    Requirement, RoleRef, TemplatePart, VerifyMode,
 };
 use crate::matcher::{self, Captures};
 use crate::reason::DenyReason;
@@ -130,9 +130,29 @@ impl Evaluation<'_, '_, '_, '_> {
         }
     }
 
+    /// `unauthenticated`: applies to a request without a token. An allow rule does not look
+    /// further at a token that is there; a deny rule counts a token that fails verification
+    /// as possibly absent (indeterminate: it denies), a verified one as not named.
+    fn unauthenticated_standing(&mut self, rule: &CompiledRule) -> Standing {
+        if matches!(self.token, Ok(None)) {
+            return Standing::Applies;
+        }
+        if rule.effect == Effect::Allow {
+            return Standing::DoesNotApply(Some(DenyReason::TokenPresent {
+                rule: rule.name.clone(),
+            }));
+        }
+        match self.caller() {
+            Caller::Verified(_) => Standing::DoesNotApply(None),
+            Caller::Failed(reason) => Standing::Indeterminate(reason.clone()),
+            Caller::NoToken | Caller::NotYetAsked => Standing::Applies,
+        }
+    }
+
     fn standing(&mut self, matched: &Matched, rule: &CompiledRule) -> Standing {
         let requirement = match &rule.principal {
             Principal::Anyone => return Standing::Applies,
+            Principal::Unauthenticated => return self.unauthenticated_standing(rule),
             Principal::Authenticated(requirement) => requirement,
         };
         let engine = self.engine;
@@ -213,10 +233,17 @@ impl Evaluation<'_, '_, '_, '_> {
                     record(&mut self.trace, label, false, || {
                         format!("deny rule `{}` names this caller", rule.name)
                     });
-                    return Combined {
-                        outcome: Err(DenyReason::ExplicitDeny {
+                    // A deny of `unauthenticated` asks for a token: it answers as a
+                    // missing token does (401, or 403 with Istio statuses).
+                    let outcome = if rule.principal == Principal::Unauthenticated {
+                        DenyReason::NoToken
+                    } else {
+                        DenyReason::ExplicitDeny {
                             rule: rule.name.clone(),
-                        }),
+                        }
+                    };
+                    return Combined {
+                        outcome: Err(outcome),
                         decider: Some(deny),
                     };
                 }
@@ -556,6 +583,51 @@ impl Engine {
             })
         {
             return Err(DenyReason::SubjectNotAllowed { rule: rule() });
+        }
+        if requirement
+            .not_issuers
+            .contains(&(identity.issuer_index as u32))
+        {
+            return Err(DenyReason::IssuerNotAllowed {
+                rule: rule(),
+                issuer: identity.issuer.clone(),
+            });
+        }
+        if requirement.not_subjects.iter().any(|scoped| {
+            scoped.issuer as usize == identity.issuer_index && scoped.subject == identity.subject
+        }) {
+            return Err(DenyReason::SubjectNotAllowed { rule: rule() });
+        }
+        let claim_label = |condition: &ClaimCondition| {
+            self.policy
+                .claims
+                .get(condition.claim as usize)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        let any_value_matches = |condition: &ClaimCondition| {
+            identity
+                .claim_values
+                .get(condition.claim as usize)
+                .is_some_and(|values| {
+                    values
+                        .iter()
+                        .any(|v| condition.patterns.iter().any(|p| p.matches(v)))
+                })
+        };
+        if let Some(condition) = requirement.claims.iter().find(|c| !any_value_matches(c)) {
+            return Err(DenyReason::ClaimNotAllowed {
+                rule: rule(),
+                claim: claim_label(condition),
+                excluded: false,
+            });
+        }
+        if let Some(condition) = requirement.not_claims.iter().find(|c| any_value_matches(c)) {
+            return Err(DenyReason::ClaimNotAllowed {
+                rule: rule(),
+                claim: claim_label(condition),
+                excluded: true,
+            });
         }
         // Scopes first: a requirement they already rule out is decided, whatever the
         // groups a token overflowed would have said.

@@ -77,6 +77,10 @@ pub struct Identity {
     /// Bit set over the policy's interned roles.
     #[serde(skip)]
     pub role_bits: Vec<u64>,
+    /// The string values of the claims rules name, by the policy's claim index
+    /// ([`crate::compiled::CompiledPolicy::claims`]): only those, so the cached identity
+    /// stays small.
+    pub claim_values: Vec<Vec<String>>,
     /// Claims the issuer sends upstream as headers.
     pub upstream: crate::upstream::UpstreamClaims,
 }
@@ -432,6 +436,12 @@ impl Engine {
             .iter()
             .find(|path| path.lookup(claims).is_none() && overflowed(path.first()))
             .map(|path| path.first().to_owned());
+        let claim_values = self
+            .policy
+            .claims
+            .iter()
+            .map(|path| crate::claims::condition_values(path, claims))
+            .collect();
         let text =
             |value: Option<&serde_json::Value>| value.and_then(|v| v.as_str()).map(str::to_owned);
         Identity {
@@ -448,6 +458,7 @@ impl Engine {
             token_id: text(claims.get("jti")),
             overage,
             role_bits,
+            claim_values,
             upstream: crate::upstream::upstream_claims(issuer, &decoded),
         }
     }
