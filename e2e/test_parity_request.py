@@ -281,6 +281,9 @@ def test_cors_preflight(gate):
     assert_cases(gate, [
         Case("preflight passes without a token", 200, method="OPTIONS", path="/cors", headers=preflight, passed_as=501),
         Case("deny anyone still applies", 403, "explicit_deny", method="OPTIONS", path="/retired", headers=preflight),
+        Case("an expired token on a preflight is still 401 (verify when present)", 401, "expired", method="OPTIONS",
+             path="/cors", headers=preflight + [("authorization", "Bearer " + hs256(
+                 {"iss": HS, "sub": "alice", "aud": AUD, "iat": NOW - 900, "exp": NOW - 600, "roles": ["scorer"]}))]),
         Case("no origin: not a preflight", 401, "no_token", method="OPTIONS", path="/cors", headers=preflight[1:]),
         Case("method override: not a preflight", 401, "no_token", method="OPTIONS", path="/cors",
              headers=preflight + [("x-http-method-override", "POST")]),
