@@ -213,6 +213,15 @@ impl ValuePattern {
             ValuePattern::Present => true,
         }
     }
+
+    /// Whether one claim value matches: as [`ValuePattern::matches`], except that `*` needs a
+    /// non-empty value (Istio compiles a claim's `*` to the regex `.+`).
+    pub fn matches_claim(&self, value: &str) -> bool {
+        match self {
+            ValuePattern::Present => !value.is_empty(),
+            other => other.matches(value),
+        }
+    }
 }
 
 /// Whether one header value matches any of the patterns, in the given reading.

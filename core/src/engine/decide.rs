@@ -612,7 +612,7 @@ impl Engine {
                 .is_some_and(|values| {
                     values
                         .iter()
-                        .any(|v| condition.patterns.iter().any(|p| p.matches(v)))
+                        .any(|v| condition.patterns.iter().any(|p| p.matches_claim(v)))
                 })
         };
         if let Some(condition) = requirement.claims.iter().find(|c| !any_value_matches(c)) {
