@@ -265,6 +265,16 @@ pub fn header_matches(
     match reading {
         Reading::Wide => values.any(|v| value_matches(&condition.patterns, v, reading)),
         Reading::Narrow => {
+            // Every copy under any spelling must match (an upstream may read `x_a` as `x-a`),
+            // and one copy must carry the name as written: Envoy and Istio compare names
+            // exactly, and an edge proxy that strips `x-a` may let `x_a` through.
+            let as_written = request
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(&condition.name));
+            if !as_written {
+                return false;
+            }
             let mut seen = false;
             for value in values {
                 if !value_matches(&condition.patterns, value, reading) {

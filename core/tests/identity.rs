@@ -434,6 +434,11 @@ allow = { claims = { scope = ["score"] } }
         get(&e, "/present", Some(&token(json!({})))),
         (403, "claim_not_allowed")
     );
+    // Istio compiles a claim's `*` to the regex `.+`: an empty string is no value.
+    assert_eq!(
+        get(&e, "/present", Some(&token(json!({"tid": ""})))),
+        (403, "claim_not_allowed")
+    );
     // `scope` is split on spaces, as Istio does.
     let scoped = token(json!({"scope": "read score"}));
     assert_eq!(get(&e, "/scoped", Some(&scoped)), (200, "allow"));

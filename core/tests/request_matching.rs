@@ -253,8 +253,10 @@ fn header_value_patterns_as_istio_writes_them() {
     assert_eq!(run(&[("x-a", "v"), ("x-b", "qs"), ("x-c", "1")]), "allow");
     // `*` is presence: an empty value is present.
     assert_eq!(run(&[("x-a", "v"), ("x-b", "p"), ("x-c", "")]), "allow");
-    // Names fold case and `_`/`-` as the upstream may.
-    assert_eq!(run(&[("X_A", "v"), ("x-b", "p"), ("x_c", "1")]), "allow");
+    // Names fold case; an allow rule's condition needs the name as written (`x_a` alone is
+    // not `x-a` to Envoy or Istio), while every `_` spelling still counts against it.
+    assert_eq!(run(&[("X-A", "v"), ("x-b", "p"), ("X-C", "1")]), "allow");
+    assert_eq!(run(&[("X_A", "v"), ("x-b", "p"), ("x_c", "1")]), "no_rule");
     assert_eq!(run(&[("x-a", "v"), ("x-b", "qq"), ("x-c", "1")]), "no_rule");
     assert_eq!(run(&[("x-a", "V"), ("x-b", "p"), ("x-c", "1")]), "no_rule");
     assert_eq!(run(&[("x-a", "v"), ("x-b", "p")]), "no_rule");
@@ -525,4 +527,32 @@ fn misspelt_fields_get_a_did_you_mean() {
     );
     let text = format!("version = 1\ncors_preflight = \"always\"\n{ISSUER}");
     assert_eq!(diagnostics(&text).len(), 1);
+}
+
+#[test]
+fn a_narrow_header_reading_needs_the_name_as_written() {
+    // An allow rule's condition: `x_internal_caller` is not `x-internal-caller` to Envoy or
+    // Istio, and an edge proxy that strips the one may pass the other.
+    let e = engine(&policy(
+        "[[rules]]\nname = \"internal\"\nheaders = { \"x-internal-caller\" = \"gateway\" }\nallow = \"anyone\"\n",
+    ));
+    let allow = |headers: &[(&str, &str)]| outcome(&e, "GET", "h.example", "/x", headers);
+    assert_eq!(allow(&[("x-internal-caller", "gateway")]), "allow");
+    assert_eq!(allow(&[("x_internal_caller", "gateway")]), "no_rule");
+    // Every spelling still counts against it (an upstream may read `x_…` as `x-…`).
+    assert_eq!(
+        allow(&[
+            ("x-internal-caller", "gateway"),
+            ("x_internal_caller", "evil")
+        ]),
+        "no_rule"
+    );
+    // A deny rule's exclusion is read narrowly too: `x_debug` does not excuse a request.
+    let e = engine(&policy(
+        "[[rules]]\nname = \"deny-debug\"\npaths = [\"/api/*\"]\nnot_headers = { \"x-debug\" = \"*\" }\ndeny = \"anyone\"\n[[rules]]\nname = \"open\"\npaths = [\"/*\"]\nallow = \"anyone\"\n",
+    ));
+    let deny = |headers: &[(&str, &str)]| outcome(&e, "GET", "h.example", "/api/x", headers);
+    assert_eq!(deny(&[]), "explicit_deny");
+    assert_eq!(deny(&[("x-debug", "1")]), "allow");
+    assert_eq!(deny(&[("x_debug", "1")]), "explicit_deny");
 }

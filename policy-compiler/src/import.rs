@@ -334,10 +334,23 @@ pub fn cmd_import(args: &ImportArgs) -> Result<Exit, CliError> {
         .iter()
         .filter(|f| f.severity == Severity::Loss)
         .count();
+    let wider = imported
+        .translation
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Wider)
+        .count();
+    if wider > 0 {
+        output::errln(&format!(
+            "claimgate import: {wider} construct(s) match more requests than in Istio (see `WIDER than Istio` above; exit 4)"
+        ));
+    }
     if losses > 0 {
         output::errln(&format!(
             "claimgate import: {losses} construct(s) not translated exactly; the policy is narrower than the input there (exit 4)"
         ));
+    }
+    if wider + losses > 0 {
         return Ok(Exit::NotExact);
     }
     Ok(Exit::Ok)

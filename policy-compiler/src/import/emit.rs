@@ -95,6 +95,7 @@ pub fn report_line(finding: &Finding) -> String {
     let severity = match finding.severity {
         Severity::Note => "note",
         Severity::Loss => "not translated exactly",
+        Severity::Wider => "WIDER than Istio",
     };
     comment(&format!(
         "{severity}: {}: {}",

@@ -30,6 +30,9 @@ pub enum Severity {
     Note,
     /// Something was not translated exactly; the output is narrower (never wider).
     Loss,
+    /// The output matches more requests than the input where claimgate's model cannot say
+    /// Istio's (e.g. a host with a port); always reported, never silent.
+    Wider,
 }
 
 /// One line of the report.
@@ -391,6 +394,14 @@ impl Translator {
     fn loss(&mut self, place: &str, message: String) {
         self.out.findings.push(Finding {
             severity: Severity::Loss,
+            place: place.to_owned(),
+            message,
+        });
+    }
+
+    fn wider(&mut self, place: &str, message: String) {
+        self.out.findings.push(Finding {
+            severity: Severity::Wider,
             place: place.to_owned(),
             message,
         });
@@ -913,6 +924,30 @@ impl Translator {
             not_paths: self.field(place, "notPaths", effect, true, &op.not_paths, path_pattern)?,
             ..RequestMatch::default()
         };
+        // Istio compares the whole `:authority` (`example.com` never matches
+        // `example.com:8080`); claimgate matches the host without its port. That is wider for
+        // an ALLOW's hosts and a DENY's exclusions: say so.
+        let (field, values) = match effect {
+            Effect::Allow => ("hosts", &op.hosts),
+            Effect::Deny => ("notHosts", &op.not_hosts),
+        };
+        let port_blind: Vec<&String> = values
+            .iter()
+            .filter(|h| !h.ends_with('*') && !h.contains(':'))
+            .collect();
+        if !port_blind.is_empty() && request.hosts.len() + request.not_hosts.len() > 0 {
+            let hosts: Vec<String> = port_blind
+                .iter()
+                .map(|h| format!("`{}`", shown(h)))
+                .collect();
+            self.wider(
+                &format!("{place}.operation.{field}"),
+                format!(
+                    "{}: claimgate also matches these hosts with any port (`HOST:PORT`), Istio only without one; add the port forms to the input if a port is ever sent, or narrow the rule",
+                    hosts.join(", ")
+                ),
+            );
+        }
         let no_port = |_: &str| Err("claimgate does not see the destination port".to_owned());
         self.field(place, "ports", effect, false, &op.ports, no_port)?;
         self.field(place, "notPorts", effect, true, &op.not_ports, no_port)?;
