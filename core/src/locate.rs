@@ -87,17 +87,38 @@ fn reads(locations: &TokenLocations, location: &Location<'_>) -> bool {
     }
 }
 
-/// Every header name any location reads a token from (each once).
-pub fn token_header_names(policy: &CompiledPolicy) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
-    for locations in searched(policy) {
-        for header in &locations.headers {
-            if !names.contains(&header.name.as_str()) {
-                names.push(&header.name);
+/// The distinct names of every header, query parameter and cookie any issuer reads a token
+/// from: derived once per policy ([`crate::engine::Engine::token_names`]), read per request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenNames {
+    /// Header names, in policy order.
+    pub headers: Vec<String>,
+    /// Query parameter names.
+    pub params: Vec<String>,
+    /// Cookie names.
+    pub cookies: Vec<String>,
+}
+
+impl TokenNames {
+    /// The names a policy searches.
+    pub fn of(policy: &CompiledPolicy) -> TokenNames {
+        fn distinct<'p, I: IntoIterator<Item = &'p str>>(
+            lists: impl Iterator<Item = I>,
+        ) -> Vec<String> {
+            let mut names: Vec<String> = Vec::new();
+            for name in lists.flatten() {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
             }
+            names
+        }
+        TokenNames {
+            headers: distinct(searched(policy).map(|l| l.headers.iter().map(|h| h.name.as_str()))),
+            params: distinct(searched(policy).map(|l| l.query.iter().map(String::as_str))),
+            cookies: distinct(searched(policy).map(|l| l.cookies.iter().map(String::as_str))),
         }
     }
-    names
 }
 
 /// The longest prefix set for `name` (what a value of it that is not text should be read
@@ -108,32 +129,6 @@ pub fn longest_prefix<'p>(policy: &'p CompiledPolicy, name: &str) -> Option<&'p 
         .filter(|h| crate::upstream::same_header_name(&h.name, name))
         .map(|h| h.prefix.as_str())
         .max_by_key(|p| p.len())
-}
-
-/// Every cookie name any location reads a token from.
-pub fn token_cookie_names(policy: &CompiledPolicy) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
-    for locations in searched(policy) {
-        for cookie in &locations.cookies {
-            if !names.contains(&cookie.as_str()) {
-                names.push(cookie);
-            }
-        }
-    }
-    names
-}
-
-/// Every query parameter name any location reads a token from.
-pub fn token_param_names(policy: &CompiledPolicy) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
-    for locations in searched(policy) {
-        for param in &locations.query {
-            if !names.contains(&param.as_str()) {
-                names.push(param);
-            }
-        }
-    }
-    names
 }
 
 /// A header, an example a client would send a token in: the first header location searched
@@ -190,9 +185,9 @@ pub fn cookie_pairs<'r>(
 /// remove the header).
 pub fn cookie_header_without<'r>(
     values: impl Iterator<Item = &'r str> + Clone,
-    names: &[&str],
+    names: &[String],
 ) -> Option<String> {
-    let removes = |name: &str| names.contains(&name.trim());
+    let removes = |name: &str| names.iter().any(|n| n == name.trim());
     let any = values
         .clone()
         .flat_map(|value| value.split(';'))
@@ -238,18 +233,14 @@ impl<'r, 'p> Found<'r, 'p> {
 /// The token of a request, if it carries one, and where it was found.
 pub fn locate<'r, 'p>(
     policy: &'p CompiledPolicy,
+    names: &'p TokenNames,
     request: &Request<'r>,
 ) -> Result<Option<Located<'r, 'p>>, DenyReason> {
     let mut found = Found { located: None };
-    let mut seen_headers: Vec<&str> = Vec::new();
-    for header in searched(policy).flat_map(|l| &l.headers) {
-        if seen_headers.contains(&header.name.as_str()) {
-            continue;
-        }
-        seen_headers.push(&header.name);
+    for name in &names.headers {
         // Envoy drops empty header values; so does the engine, for `explain` to agree.
         let mut values = request
-            .values(&header.name)
+            .values(name)
             .map(|v| v.trim_matches(' '))
             .filter(|v| !v.is_empty());
         let Some(value) = values.next() else {
@@ -262,7 +253,7 @@ pub fn locate<'r, 'p>(
         }
         let best = searched(policy)
             .flat_map(|l| &l.headers)
-            .filter(|h| h.name == header.name)
+            .filter(|h| h.name == *name)
             .filter(|h| {
                 value
                     .as_bytes()
@@ -280,7 +271,7 @@ pub fn locate<'r, 'p>(
             }
         }
     }
-    let params = token_param_names(policy);
+    let params = &names.params;
     if !params.is_empty()
         && let Some(query) = query_of(request.path)
     {
@@ -297,7 +288,7 @@ pub fn locate<'r, 'p>(
             }
         }
     }
-    let cookies = token_cookie_names(policy);
+    let cookies = &names.cookies;
     if !cookies.is_empty() {
         for (name, value) in cookie_pairs(request.values(COOKIE_HEADER)) {
             if let Some(cookie) = cookies.iter().find(|c| **c == name)

@@ -13,10 +13,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use claimgate_core::DenyReason;
-use claimgate_core::compiled::{BeforeFirstFetch, CompiledPolicy};
+use claimgate_core::compiled::BeforeFirstFetch;
 use claimgate_core::engine::{Decision, Engine, Request};
 use claimgate_core::locate;
-use claimgate_core::upstream::{IdentityHeaderNames, encode_value};
+use claimgate_core::upstream::encode_value;
 
 use crate::audit;
 use crate::cache::Lookup;
@@ -56,8 +56,9 @@ struct Headers {
 }
 
 impl Headers {
-    fn read(raw: RawHeaders, names: &IdentityHeaderNames, policy: &CompiledPolicy) -> Headers {
-        let token_headers = locate::token_header_names(policy);
+    fn read(raw: RawHeaders, engine: &Engine) -> Headers {
+        let (names, policy) = (engine.header_names(), engine.policy());
+        let token_headers = &engine.token_names().headers;
         let mut headers = Headers {
             pairs: Vec::with_capacity(raw.len()),
             lossy: Vec::with_capacity(raw.len()),
@@ -222,7 +223,7 @@ fn decide_and_apply(
         Ok(raw) => raw,
         Err(error) => return fail(host, shared, "cannot read the request headers", error),
     };
-    let headers = Headers::read(raw, engine.header_names(), engine.policy());
+    let headers = Headers::read(raw, &engine);
     let request = Request {
         method: headers.get(":method"),
         host: headers.get(":authority"),
@@ -436,7 +437,7 @@ fn forward(
     // `forward = false` keeps the token from the upstream on every request that passes —
     // public paths, the default, audit mode — not only when a caller was verified.
     if !engine.policy().token.forward_token {
-        for name in locate::token_header_names(engine.policy()) {
+        for name in &engine.token_names().headers {
             host.remove_request_header(name.as_bytes())?;
         }
         remove_token_cookies(host, engine, headers)?;
@@ -454,13 +455,13 @@ fn remove_token_cookies(
     engine: &Engine,
     headers: &Headers,
 ) -> Result<(), HostError> {
-    let names = locate::token_cookie_names(engine.policy());
+    let names = &engine.token_names().cookies;
     if names.is_empty() {
         return Ok(());
     }
     let cookie = |(name, _): &&(String, String)| name.eq_ignore_ascii_case(locate::COOKIE_HEADER);
     let values = headers.pairs.iter().filter(cookie).map(|(_, v)| v.as_str());
-    let Some(rest) = locate::cookie_header_without(values, &names) else {
+    let Some(rest) = locate::cookie_header_without(values, names) else {
         return Ok(());
     };
     let lossy = headers

@@ -201,6 +201,9 @@ pub struct Engine {
     revoked_subjects: HashMap<usize, HashSet<String>>,
     revoked_token_ids: HashSet<String>,
     header_names: IdentityHeaderNames,
+    /// Every header, parameter and cookie a token may come in, derived once from the policy:
+    /// the engine and the filter read them on every request.
+    token_names: crate::locate::TokenNames,
 }
 
 impl Engine {
@@ -253,8 +256,10 @@ impl Engine {
         }
         let revoked_token_ids = policy.revoked.token_ids.iter().cloned().collect();
         let header_names = IdentityHeaderNames::for_policy(&policy);
+        let token_names = crate::locate::TokenNames::of(&policy);
         Ok(Engine {
             header_names,
+            token_names,
             policy,
             digest,
             issuer_by_iss,
@@ -286,6 +291,11 @@ impl Engine {
             .filter(|(_, issuer)| issuer.remote_jwks.is_some())
     }
 
+    /// Every header, query parameter and cookie a token may come in (any issuer's locations).
+    pub fn token_names(&self) -> &crate::locate::TokenNames {
+        &self.token_names
+    }
+
     /// The identity headers the filter sets (and whose client-sent copies it drops).
     pub fn header_names(&self) -> &IdentityHeaderNames {
         &self.header_names
@@ -298,7 +308,10 @@ impl Engine {
         &self,
         request: &Request<'r>,
     ) -> Result<Option<std::borrow::Cow<'r, str>>, DenyReason> {
-        Ok(crate::locate::locate(&self.policy, request)?.map(|located| located.token))
+        Ok(
+            crate::locate::locate(&self.policy, &self.token_names, request)?
+                .map(|located| located.token),
+        )
     }
 
     /// The index of the issuer a policy calls `name` (as deny reasons name it).
