@@ -16,6 +16,7 @@ pub mod claims;
 #[cfg(feature = "compiler")]
 pub mod compile;
 pub mod compiled;
+pub mod der;
 pub mod engine;
 pub mod keys;
 pub mod locate;
