@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::algorithm::{Algorithm, KeyFamily};
 use crate::compiled::CompiledIssuer;
+use crate::signature::HostKey;
 
 /// Largest key set accepted, in bytes: real ones are a few KiB.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
@@ -609,13 +610,46 @@ impl Verifier {
     }
 }
 
-/// One prepared key: its id and a verifier per algorithm it may check.
+/// One prepared key: its id, a verifier per algorithm it may check, and its form for a
+/// [`SignatureHost`](crate::signature::SignatureHost).
 #[derive(Debug, Clone)]
 pub struct PreparedKey {
     /// Key id, if any.
     pub kid: Option<String>,
     /// Verifiers, one per allowed algorithm the key fits.
     pub verifiers: Vec<(Algorithm, Verifier)>,
+    /// The key as a signature host reads it (empty for keys no host is asked about).
+    pub host_key: HostKey,
+    /// The length of every valid signature by this key, where it depends on the key: the RSA
+    /// modulus in bytes (0 otherwise). A signature of another length is refused without asking
+    /// the host, as the pure path refuses it.
+    pub rsa_signature_len: usize,
+}
+
+/// A key [`KeySet::select`] found for a token: what verifies it, on either path.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'k> {
+    /// The pure-Rust verifier for the token's algorithm.
+    pub verifier: &'k Verifier,
+    /// The key as a signature host reads it.
+    pub host_key: &'k HostKey,
+    /// The RSA modulus length in bytes (0 for other keys).
+    pub rsa_signature_len: usize,
+}
+
+/// The RSA modulus length in bytes (leading zero bytes of the JWK's `n` not counted), or 0.
+fn rsa_signature_len(material: &KeyMaterial) -> usize {
+    match material {
+        KeyMaterial::Rsa { n, .. } => n.iter().skip_while(|byte| **byte == 0).count(),
+        KeyMaterial::Ec { .. } | KeyMaterial::Ed25519 { .. } => 0,
+    }
+}
+
+/// The key in the form a signature host reads, built once per key.
+// INVARIANT: empty until `der::spki_der` (DER SubjectPublicKeyInfo) is wired in; an empty key
+// is never offered to a host.
+fn host_key(_material: &KeyMaterial) -> HostKey {
+    HostKey::default()
 }
 
 /// Why [`KeySet::select`] found no key to try.
@@ -655,6 +689,8 @@ impl KeySet {
                 (!verifiers.is_empty()).then(|| PreparedKey {
                     kid: key.kid.clone(),
                     verifiers,
+                    host_key: host_key(&key.material),
+                    rsa_signature_len: rsa_signature_len(&key.material),
                 })
             })
             .collect();
@@ -682,6 +718,8 @@ impl KeySet {
             self.keys.push(PreparedKey {
                 kid: None,
                 verifiers,
+                host_key: HostKey::default(),
+                rsa_signature_len: 0,
             });
         }
         self
@@ -706,13 +744,18 @@ impl KeySet {
     /// - The token names none: the issuer's only key for `alg`. With several, the token
     ///   cannot say which, and none is tried (trying each would cost a full verification
     ///   per key for every junk token).
-    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<&Verifier>, KeyMiss> {
-        let fitting: Vec<(Option<&str>, &Verifier)> = self
+    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Vec<Candidate<'_>>, KeyMiss> {
+        let fitting: Vec<(Option<&str>, Candidate<'_>)> = self
             .keys
             .iter()
             .filter_map(|key| {
                 let (_, verifier) = key.verifiers.iter().find(|(a, _)| *a == alg)?;
-                Some((key.kid.as_deref(), verifier))
+                let candidate = Candidate {
+                    verifier,
+                    host_key: &key.host_key,
+                    rsa_signature_len: key.rsa_signature_len,
+                };
+                Some((key.kid.as_deref(), candidate))
             })
             .collect();
         if fitting.is_empty() {
@@ -726,7 +769,7 @@ impl KeySet {
                 }),
             },
             Some(wanted) => {
-                let named: Vec<&Verifier> = fitting
+                let named: Vec<Candidate<'_>> = fitting
                     .iter()
                     .filter(|(have, _)| *have == Some(wanted))
                     .map(|(_, verifier)| *verifier)
@@ -737,6 +780,14 @@ impl KeySet {
                     (true, _) => Err(KeyMiss::UnknownKid),
                 }
             }
+        }
+    }
+
+    /// Gives every key this host form (tests of the host seam, before keys carry their DER).
+    #[cfg(test)]
+    pub(crate) fn set_host_keys_for_tests(&mut self, host_key: &HostKey) {
+        for key in &mut self.keys {
+            key.host_key = host_key.clone();
         }
     }
 

@@ -24,8 +24,9 @@ use serde_json::{Map, Value};
 use crate::algorithm::Algorithm;
 use crate::claims::{ClaimPath, collect_strings};
 use crate::compiled::{AudienceMatch, CompiledIssuer};
-use crate::keys::{KeySet, MAX_KID_CHARS, printable};
+use crate::keys::{Candidate, KeySet, MAX_KID_CHARS, printable};
 use crate::reason::{DenyReason, Malformed};
+use crate::signature::{SignatureHost, offered_to_host};
 
 /// Longest token accepted, in bytes. Entra tokens with many groups reach a few KiB.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -47,6 +48,10 @@ pub struct DecodedToken<'a> {
     pub kid: Option<String>,
     /// The header's `typ`.
     pub typ: Option<String>,
+    /// The header's `salt` (a jwt-simple extension for salted HMAC keys, which no key here is):
+    /// kept because the verifier refuses a token whose `salt` is not base64url, and an HMAC
+    /// token that names one.
+    pub salt: Option<String>,
     /// The payload, NumericDates in whole seconds.
     pub claims: Map<String, Value>,
 }
@@ -61,6 +66,7 @@ impl DecodedToken<'static> {
             alg: String::new(),
             kid: None,
             typ: None,
+            salt: None,
             claims,
         })
     }
@@ -135,12 +141,17 @@ pub fn decode(raw: &str) -> Result<DecodedToken<'_>, DenyReason> {
         .to_owned();
     let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
     let typ = header.get("typ").and_then(Value::as_str).map(str::to_owned);
+    let salt = header
+        .get("salt")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     normalize_claims(&mut claims)?;
     Ok(DecodedToken {
         raw,
         alg,
         kid,
         typ,
+        salt,
         claims,
     })
 }
@@ -285,12 +296,14 @@ pub(crate) fn record(
 }
 
 /// Verifies a decoded token against its issuer's keys and rules. `alg` was already checked
-/// against the issuer's allowed list.
+/// against the issuer's allowed list. RS*/ES* signatures are offered to `host` first, if
+/// any; its `None` leaves the candidate to the pure-Rust path.
 pub(crate) fn verify_with_issuer(
     token: &DecodedToken<'_>,
     alg: Algorithm,
     issuer: &CompiledIssuer,
     keys: &KeySet,
+    host: Option<&dyn SignatureHost>,
     now: u64,
     trace: &mut Trace<'_>,
 ) -> Result<(), DenyReason> {
@@ -320,6 +333,80 @@ pub(crate) fn verify_with_issuer(
         )
     });
 
+    let parts = host.and_then(|_| host_parts(token));
+    let mut signature_ok = false;
+    let mut last_error = None;
+    for candidate in candidates {
+        let answer = match ask_host(host, alg, &candidate, parts.as_ref()) {
+            Some(true) => Ok(()),
+            Some(false) => Err(DenyReason::BadSignature),
+            None => verify_pure(token, &candidate),
+        };
+        match answer {
+            Ok(()) => {
+                signature_ok = true;
+                break;
+            }
+            Err(reason) => last_error = Some(reason),
+        }
+    }
+    if !signature_ok {
+        record(trace, "signature", false, || {
+            "signature does not verify with the candidate key".to_owned()
+        });
+        return Err(last_error.unwrap_or(DenyReason::BadSignature));
+    }
+    record(trace, "signature", true, || format!("verified with {alg}"));
+
+    check_claims(token, issuer, now, trace)
+}
+
+/// The signing input (the first two parts, bytes as received) and the decoded signature, as
+/// a host is given them; `None` when the pure path alone must decide.
+fn host_parts<'t>(token: &'t DecodedToken<'_>) -> Option<(&'t [u8], Vec<u8>)> {
+    // The pure path refuses a token whose `salt` is not base64url, whatever the key: such a
+    // token is never offered to a host, which knows nothing of it.
+    if token
+        .salt
+        .as_deref()
+        .is_some_and(|salt| URL_SAFE_NO_PAD.decode(salt).is_err())
+    {
+        return None;
+    }
+    let (signing_input, encoded) = token.raw.rsplit_once('.')?;
+    // The same strict decoder `decode` accepted this part with (no padding, canonical last
+    // character), so this does not fail.
+    let signature = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    Some((signing_input.as_bytes(), signature))
+}
+
+/// The host's answer for one candidate key, or `None` when the host is not asked: no host,
+/// an algorithm never offered to one ([`offered_to_host`]), a key it cannot read, or a
+/// signature of a length no valid one has (the pure path refuses that one itself).
+fn ask_host(
+    host: Option<&dyn SignatureHost>,
+    alg: Algorithm,
+    candidate: &Candidate<'_>,
+    parts: Option<&(&[u8], Vec<u8>)>,
+) -> Option<bool> {
+    let host = host?;
+    let (signing_input, signature) = parts?;
+    if !offered_to_host(alg) || !candidate.host_key.is_usable() {
+        return None;
+    }
+    let expected_len = match alg {
+        Algorithm::ES256 => 64,
+        Algorithm::ES384 => 96,
+        _ => candidate.rsa_signature_len,
+    };
+    if signature.len() != expected_len {
+        return None;
+    }
+    host.verify(alg, candidate.host_key, signing_input, signature)
+}
+
+/// The pure-Rust signature check of one candidate key.
+fn verify_pure(token: &DecodedToken<'_>, candidate: &Candidate<'_>) -> Result<(), DenyReason> {
     // jwt-simple verifies the signature; the time checks are ours (`check_times`), because
     // they must report exact figures and because the library treats `now < skew` as expired.
     // Its own time checks are given the clock 0 with no tolerance, at which none can fail
@@ -336,42 +423,25 @@ pub(crate) fn verify_with_issuer(
         required_signature_type: token.typ.clone(),
         ..VerificationOptions::default()
     };
-    let mut signature_ok = false;
-    let mut last_error = None;
-    for verifier in candidates {
-        match verifier.verify(token.raw, options.clone()) {
-            Ok(_) => {
-                signature_ok = true;
-                break;
+    candidate
+        .verifier
+        .verify(token.raw, options)
+        .map(|_| ())
+        .map_err(|error| match error.downcast_ref::<JWTError>() {
+            // A signature of the wrong length or encoding is a bad signature too.
+            Some(
+                JWTError::InvalidSignature
+                | JWTError::InvalidAuthenticationTag
+                | JWTError::InvalidPublicKey,
+            ) => DenyReason::BadSignature,
+            Some(other) => malformed(other.to_string()),
+            // `decode` checked every member the library reads, so this cannot be
+            // the token's JSON; still, a decoding failure is not a bad signature.
+            None if error.downcast_ref::<serde_json::Error>().is_some() => {
+                malformed("the verifier cannot read the token's JSON")
             }
-            Err(error) => {
-                last_error = Some(match error.downcast_ref::<JWTError>() {
-                    // A signature of the wrong length or encoding is a bad signature too.
-                    Some(
-                        JWTError::InvalidSignature
-                        | JWTError::InvalidAuthenticationTag
-                        | JWTError::InvalidPublicKey,
-                    ) => DenyReason::BadSignature,
-                    Some(other) => malformed(other.to_string()),
-                    // `decode` checked every member the library reads, so this cannot be
-                    // the token's JSON; still, a decoding failure is not a bad signature.
-                    None if error.downcast_ref::<serde_json::Error>().is_some() => {
-                        malformed("the verifier cannot read the token's JSON")
-                    }
-                    None => DenyReason::BadSignature,
-                });
-            }
-        }
-    }
-    if !signature_ok {
-        record(trace, "signature", false, || {
-            "signature does not verify with the candidate key".to_owned()
-        });
-        return Err(last_error.unwrap_or(DenyReason::BadSignature));
-    }
-    record(trace, "signature", true, || format!("verified with {alg}"));
-
-    check_claims(token, issuer, now, trace)
+            None => DenyReason::BadSignature,
+        })
 }
 
 /// The issuer's `token_types`, checked before any key is looked for: telling an ID token from
@@ -703,5 +773,222 @@ mod tests {
         );
         let detail = malformed_detail(decode(&token(&long, "{}")).unwrap_err());
         assert!(detail.len() < 140, "{detail}");
+    }
+
+    mod host_seam {
+        use std::sync::Mutex;
+
+        use jwt_simple::prelude::*;
+
+        use super::super::*;
+        use crate::keys::parse_jwk;
+        use crate::signature::HostKey;
+
+        /// A host that answers every question the same way and remembers what it was asked.
+        struct ScriptedHost {
+            answer: Option<bool>,
+            asked: Mutex<Vec<(Algorithm, usize)>>,
+        }
+
+        impl ScriptedHost {
+            fn new(answer: Option<bool>) -> Self {
+                ScriptedHost {
+                    answer,
+                    asked: Mutex::new(Vec::new()),
+                }
+            }
+
+            fn asked(&self) -> Vec<(Algorithm, usize)> {
+                self.asked.lock().unwrap().clone()
+            }
+        }
+
+        impl SignatureHost for ScriptedHost {
+            fn verify(
+                &self,
+                alg: Algorithm,
+                key: &HostKey,
+                signing_input: &[u8],
+                signature: &[u8],
+            ) -> Option<bool> {
+                assert_eq!(key.spki_der, b"spki".to_vec());
+                assert_eq!(signing_input.iter().filter(|b| **b == b'.').count(), 1);
+                self.asked.lock().unwrap().push((alg, signature.len()));
+                self.answer
+            }
+        }
+
+        const ISS: &str = "https://idp.example";
+
+        fn claims() -> JWTClaims<NoCustomClaims> {
+            Claims::create(Duration::from_hours(1)).with_issuer(ISS)
+        }
+
+        fn now() -> u64 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        }
+
+        /// One valid token per algorithm, with the key set that verifies it.
+        fn signed_tokens() -> Vec<(Algorithm, String, KeySet)> {
+            let host_key = HostKey {
+                spki_der: b"spki".to_vec(),
+            };
+            let prepare = |jwk: String, alg: Algorithm| {
+                let mut jwk: Value = serde_json::from_str(&jwk).unwrap();
+                // One RSA key serves RS256, RS512 and PS256 here: no pinned `alg`.
+                jwk.as_object_mut().unwrap().remove("alg");
+                let key = parse_jwk(&jwk).unwrap();
+                let mut set = KeySet::prepare(&[key], &[alg]);
+                set.set_host_keys_for_tests(&host_key);
+                set
+            };
+            let rsa = RS256KeyPair::generate(2048).unwrap();
+            let rsa_der = rsa.to_der().unwrap();
+            let rsa_jwk = rsa.public_key().to_jwk();
+            let es256 = ES256KeyPair::generate();
+            let es384 = ES384KeyPair::generate();
+            let ed = Ed25519KeyPair::generate();
+            let secret = [9u8; 32];
+            let mut hmac = KeySet::default().with_secret(&secret, &[Algorithm::HS256]);
+            hmac.set_host_keys_for_tests(&host_key);
+            vec![
+                (
+                    Algorithm::RS256,
+                    rsa.sign(claims()).unwrap(),
+                    prepare(rsa_jwk.clone(), Algorithm::RS256),
+                ),
+                (
+                    Algorithm::RS512,
+                    RS512KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .sign(claims())
+                        .unwrap(),
+                    prepare(rsa_jwk.clone(), Algorithm::RS512),
+                ),
+                (
+                    Algorithm::PS256,
+                    PS256KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .sign(claims())
+                        .unwrap(),
+                    prepare(rsa_jwk, Algorithm::PS256),
+                ),
+                (
+                    Algorithm::ES256,
+                    es256.sign(claims()).unwrap(),
+                    prepare(es256.public_key().to_jwk(), Algorithm::ES256),
+                ),
+                (
+                    Algorithm::ES384,
+                    es384.sign(claims()).unwrap(),
+                    prepare(es384.public_key().to_jwk(), Algorithm::ES384),
+                ),
+                (
+                    Algorithm::EdDSA,
+                    ed.sign(claims()).unwrap(),
+                    prepare(ed.public_key().to_jwk(), Algorithm::EdDSA),
+                ),
+                (
+                    Algorithm::HS256,
+                    HS256Key::from_bytes(&secret)
+                        .authenticate(claims())
+                        .unwrap(),
+                    hmac,
+                ),
+            ]
+        }
+
+        fn verify(
+            token: &str,
+            alg: Algorithm,
+            keys: &KeySet,
+            host: Option<&dyn SignatureHost>,
+        ) -> Result<(), DenyReason> {
+            let issuer = CompiledIssuer::new("idp", ISS, vec![alg]);
+            let decoded = decode(token).unwrap();
+            verify_with_issuer(&decoded, alg, &issuer, keys, host, now(), &mut None)
+        }
+
+        /// The same token with the last signature byte changed (length kept).
+        fn tampered(token: &str) -> String {
+            let (input, signature) = token.rsplit_once('.').unwrap();
+            let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            *bytes.last_mut().unwrap() ^= 1;
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(bytes))
+        }
+
+        #[test]
+        fn the_host_decides_rs_and_es_signatures_and_none_falls_back() {
+            for (alg, token, keys) in signed_tokens() {
+                let refusing = ScriptedHost::new(Some(false));
+                let abstaining = ScriptedHost::new(None);
+                let accepting = ScriptedHost::new(Some(true));
+                let bad = tampered(&token);
+                assert_eq!(verify(&token, alg, &keys, None), Ok(()), "{alg}");
+                assert_eq!(
+                    verify(&bad, alg, &keys, None),
+                    Err(DenyReason::BadSignature),
+                    "{alg}"
+                );
+                assert_eq!(verify(&token, alg, &keys, Some(&abstaining)), Ok(()));
+                assert_eq!(
+                    verify(&bad, alg, &keys, Some(&abstaining)),
+                    Err(DenyReason::BadSignature),
+                    "{alg}"
+                );
+                let refused = verify(&token, alg, &keys, Some(&refusing));
+                let accepted_bad = verify(&bad, alg, &keys, Some(&accepting));
+                if offered_to_host(alg) {
+                    // The host's word is final: a valid token it refuses is refused, and
+                    // (scripted here: a real host never lies) a forged one it accepts passes.
+                    assert_eq!(refused, Err(DenyReason::BadSignature), "{alg}");
+                    assert_eq!(accepted_bad, Ok(()), "{alg}");
+                    assert_eq!(abstaining.asked().len(), 2, "{alg}");
+                    let len = abstaining.asked()[0].1;
+                    assert_eq!(refusing.asked(), vec![(alg, len)]);
+                } else {
+                    // PS*, EdDSA and HS* never reach the host, whatever it would say.
+                    assert_eq!(refused, Ok(()), "{alg}");
+                    assert_eq!(accepted_bad, Err(DenyReason::BadSignature), "{alg}");
+                    for host in [&refusing, &abstaining, &accepting] {
+                        assert!(host.asked().is_empty(), "{alg} reached the host");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn what_the_pure_path_refuses_by_shape_is_never_sent() {
+            let accepting = ScriptedHost::new(Some(true));
+            for (alg, token, keys) in signed_tokens()
+                .into_iter()
+                .filter(|(alg, ..)| offered_to_host(*alg))
+            {
+                let (input, signature) = token.rsplit_once('.').unwrap();
+                let bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+                // One byte short, one byte long: no valid signature has that length.
+                for len in [bytes.len() - 1, bytes.len() + 1] {
+                    let mut resized = bytes.clone();
+                    resized.resize(len, 0);
+                    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&resized));
+                    assert_eq!(
+                        verify(&token, alg, &keys, Some(&accepting)),
+                        Err(DenyReason::BadSignature),
+                        "{alg}, {len} bytes"
+                    );
+                }
+                // A key without a host form is never offered.
+                let mut bare = keys.clone();
+                bare.set_host_keys_for_tests(&HostKey::default());
+                assert_eq!(
+                    verify(&tampered(&token), alg, &bare, Some(&accepting)),
+                    Err(DenyReason::BadSignature)
+                );
+            }
+            assert!(accepting.asked().is_empty(), "{:?}", accepting.asked());
+        }
     }
 }

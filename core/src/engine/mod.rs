@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -14,6 +15,7 @@ use crate::compiled::{CompiledIssuer, CompiledPolicy, Statuses, StructureError};
 use crate::keys::{KeySet, MAX_KID_CHARS, printable};
 use crate::matcher::Captures;
 use crate::reason::{DenyReason, Response};
+use crate::signature::{HostSlot, SignatureHost};
 use crate::token::{self, Trace, record};
 use crate::upstream::IdentityHeaderNames;
 
@@ -204,6 +206,9 @@ pub struct Engine {
     /// Every header, parameter and cookie a token may come in, derived once from the policy:
     /// the engine and the filter read them on every request.
     token_names: crate::locate::TokenNames,
+    /// Where RS*/ES* signatures are checked first, if installed (the filter: Envoy's
+    /// BoringSSL); none means the pure-Rust path alone.
+    signature_host: HostSlot,
 }
 
 impl Engine {
@@ -269,7 +274,16 @@ impl Engine {
             unindexed,
             revoked_subjects,
             revoked_token_ids,
+            signature_host: HostSlot::default(),
         })
+    }
+
+    /// Installs a verifier outside Wasm that RS256/384/512 and ES256/384 signatures are
+    /// offered to first (see [`crate::signature`]); its `None` leaves the decision to the
+    /// pure-Rust path. The filter installs one per VM after detecting the host function; the
+    /// CLI never does.
+    pub fn set_signature_host(&mut self, host: Arc<dyn SignatureHost>) {
+        self.signature_host = HostSlot(Some(host));
     }
 
     /// The compiled policy.
@@ -386,7 +400,8 @@ impl Engine {
                 issuer: issuer.name.clone(),
             });
         };
-        token::verify_with_issuer(&decoded, alg, issuer, keys, now, trace)?;
+        let host = self.signature_host.0.as_deref();
+        token::verify_with_issuer(&decoded, alg, issuer, keys, host, now, trace)?;
         Ok(self.identity_from(issuer_index, issuer, decoded))
     }
 
