@@ -645,11 +645,12 @@ fn rsa_signature_len(material: &KeyMaterial) -> usize {
     }
 }
 
-/// The key in the form a signature host reads, built once per key.
-// INVARIANT: empty until `der::spki_der` (DER SubjectPublicKeyInfo) is wired in; an empty key
-// is never offered to a host.
-fn host_key(_material: &KeyMaterial) -> HostKey {
-    HostKey::default()
+/// The key in the form a signature host reads (DER SubjectPublicKeyInfo), built once per key;
+/// empty for Ed25519, which no host is asked about.
+fn host_key(material: &KeyMaterial) -> HostKey {
+    HostKey {
+        spki_der: crate::der::spki_der(material).unwrap_or_default(),
+    }
 }
 
 /// Why [`KeySet::select`] found no key to try.
