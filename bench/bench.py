@@ -1,232 +1,663 @@
-"""claimgate against Envoy's native filters, side by side in one run.
+"""claimgate against Envoy's native jwt_authn + rbac, side by side, measured as Envoy CPU time
+per request.
 
-Three Envoys with the same listener and a direct 200 response (no upstream to measure):
-  none     no authentication (the floor)
-  native   jwt_authn + rbac, configured as Istio configures them for a RequestAuthentication
-           plus an AuthorizationPolicy on `request.auth.claims[realm_access][roles]`
-  claimgate  the filter with the same decision as a compiled policy
-Each gets the same load from wrk (one Envoy at a time, one worker thread each), for:
-  one-token   every request carries the same valid token (both sides cache verifications)
-  1000-tokens requests cycle through 1,000 distinct valid tokens, all cached after warm-up
-  no-token    every request is denied with 401
-  first-sight 1,000 requests, one connection, each with a token never seen before: the cost
-              of a signature verification (RS256, 2048-bit) on each side
-Prints requests/s, p50/p99 latency, the ratio claimgate/native, and each Envoy's resident
-memory after its runs. Figures drift on a shared machine; the ratios measured in one run are
-the comparison.
+Setups (same listener, a direct 200 answer, GET without a body so every connection stays
+alive; Envoy at `--log-level warning`, `--concurrency 1`, pinned to one core, wrk on the other):
+  none          no filter: the floor every other setup is compared against
+  native        jwt_authn + rbac as Istio configures a RequestAuthentication + AuthorizationPolicy
+  native+cache  the same with jwt_authn's `jwt_cache_config` (10,000 tokens, claimgate's size)
+  claimgate     the filter with the same decision, compiled by `claimgate compile`
+
+Scenarios: the cold path per algorithm (every token never seen before), warm tokens (1 and
+10,000 distinct, all cached after the warm-up), garbage floods (unique well-formed tokens with
+bad signatures, with and without `kid`), and rule scale (10 … 100,000 rules against native
+RBAC with as many policies). Setups are interleaved round by round (A B C D, A B C D, …), so
+drift on the machine lands on all of them alike. Each window reads every Envoy thread's CPU
+time from /proc/PID/task/*/schedstat and Envoy's own request, connection and status counters;
+a window whose statuses are not the expected ones voids the run, and so does a setup whose
+sample statuses are wrong before measuring.
+
+Writes BENCHMARKS.md and bench/chart.png (and target/bench/results.json, which `--report-only`
+renders again). Run it through scripts/bench, which builds and installs what it needs.
 """
 
 import argparse
+import http.client
 import json
+import os
+import platform
 import re
+import signal
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
-import harness as h  # noqa: E402
-
-ISSUER = "https://keycloak.bench/realms/ml"
-AUDIENCE = "azureml-scoring"
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "e2e"))
+import harness as h  # noqa: E402
+import report  # noqa: E402
+import tokens as tk  # noqa: E402
 
-POLICY = f"""
-version = 1
-name = "bench"
-[issuers.keycloak]
-issuer     = "{ISSUER}"
-audiences  = ["{AUDIENCE}"]
-algorithms = ["RS256"]
-roles      = ["realm_access.roles"]
-[issuers.keycloak.jwks]
-file = "bench.jwks.json"
+SETUPS = ["none", "native", "native+cache", "claimgate"]
+GARBAGE = {"garbage-kid": "garbage-kid", "garbage-nokid": "garbage-nokid"}
+DIRECT_OK = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+WORK = ROOT / "target" / "bench"
 
-[[rules]]
-name    = "score"
-methods = ["POST"]
-paths   = ["/score"]
-allow   = {{ issuers = ["keycloak"], roles_any = ["ml-scorer"] }}
-"""
+# Run sizes. `count`: requests per window where every token must be new (cold, garbage);
+# `seconds`: window length where tokens repeat (warm, rule scale).
+PROFILES = {
+    "full": {"rounds": 4, "count": 1500, "warmup_count": 300, "seconds": 4, "warm_tokens": 10_000, "rules": [10, 1_000, 100_000], "algorithms": tk.ALGORITHMS},
+    "quick": {"rounds": 2, "count": 300, "warmup_count": 100, "seconds": 1, "warm_tokens": 10_000, "rules": [10, 1_000], "algorithms": tk.ALGORITHMS},
+    # A few seconds of every check (statuses, keep-alive, counters), no figures worth reading.
+    "smoke": {"rounds": 1, "count": 60, "warmup_count": 10, "seconds": 1, "warm_tokens": 20, "rules": [], "algorithms": ["RS256", "ES256", "EdDSA"]},
+}
+CONNECTIONS = 8
+NATIVE_READY_TIMEOUT = 120
+COMPILE_TIMEOUT = 60
 
 
-def native_filters(jwks_text):
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- Envoy configurations ------------------------------------------------------------------
+
+def native_filters(jwks, cache, rbac_policies):
+    """jwt_authn + rbac as Istio writes them: one provider per issuer, the payload in dynamic
+    metadata, `requires_any` with `allow_missing` (RequestAuthentication lets tokenless requests
+    through, the AuthorizationPolicy refuses them), space-delimited claims normalised."""
+    def provider(issuer, audience, keys):
+        p = {
+            "issuer": issuer,
+            "audiences": [audience],
+            "local_jwks": {"inline_string": json.dumps(keys)},
+            "payload_in_metadata": issuer,
+            "normalize_payload_in_metadata": {"space_delimited_claims": ["scope", "permission"]},
+            "forward": True,
+        }
+        if cache:
+            p["jwt_cache_config"] = {"jwt_cache_size": 10_000}
+        return p
+
     return [
         {
             "name": "envoy.filters.http.jwt_authn",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
                 "providers": {
-                    "keycloak": {
-                        "issuer": ISSUER,
-                        "audiences": [AUDIENCE],
-                        "local_jwks": {"inline_string": jwks_text},
-                        "payload_in_metadata": "payload",
-                        "forward": True,
-                        "jwt_cache_config": {"jwt_cache_size": 10000},
-                    }
+                    "keycloak": provider(tk.KEYCLOAK_ISSUER, tk.KEYCLOAK_AUDIENCE, jwks["keycloak"]),
+                    "entra": provider(tk.ENTRA_ISSUER, tk.ENTRA_AUDIENCE, jwks["entra"]),
                 },
-                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "keycloak"}}],
+                "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [{"provider_name": "keycloak"}, {"provider_name": "entra"}, {"allow_missing": {}}]}}}],
+                "bypass_cors_preflight": True,
             },
         },
         {
             "name": "envoy.filters.http.rbac",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-                "rules": {
-                    "action": "ALLOW",
-                    "policies": {
-                        "score": {
-                            "permissions": [
-                                {
-                                    "and_rules": {
-                                        "rules": [
-                                            {"header": {"name": ":method", "string_match": {"exact": "POST"}}},
-                                            {"url_path": {"path": {"exact": "/score"}}},
-                                        ]
-                                    }
-                                }
-                            ],
-                            "principals": [
-                                {
-                                    "metadata": {
-                                        "filter": "envoy.filters.http.jwt_authn",
-                                        "path": [{"key": "payload"}, {"key": "realm_access"}, {"key": "roles"}],
-                                        "value": {"list_match": {"one_of": {"string_match": {"exact": "ml-scorer"}}}},
-                                    }
-                                }
-                            ],
-                        }
-                    },
-                },
-            },
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": {"action": "ALLOW", "policies": rbac_policies}},
         },
     ]
 
 
-def bootstrap(filters):
-    """One listener answering a direct 200 after `filters` (no upstream to measure)."""
-    ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+def role_principal(issuer, path):
     return {
-        "admin": h.admin(h.free_port()),
-        "static_resources": {"listeners": [h.http_listener("bench", h.free_port(), filters, ok)]},
+        "metadata": {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": issuer}, *({"key": p} for p in path)],
+            "value": {"list_match": {"one_of": {"string_match": {"exact": tk.ROLE}}}},
+        }
     }
 
 
-def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def rbac_policy(path, issuers=("keycloak", "entra")):
+    """An Istio ALLOW rule: `to: {methods: [GET], paths: [path]}`, `when: claims[roles] = ml-scorer`."""
+    principals = []
+    if "keycloak" in issuers:
+        principals.append(role_principal(tk.KEYCLOAK_ISSUER, ["realm_access", "roles"]))
+    if "entra" in issuers:
+        principals.append(role_principal(tk.ENTRA_ISSUER, ["roles"]))
+    return {
+        "permissions": [{"and_rules": {"rules": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}, {"url_path": {"path": {"exact": path}}}]}}],
+        "principals": [{"or_ids": {"ids": principals}}] if len(principals) > 1 else principals,
+    }
 
 
-def wrk(port, tokens_file, seconds, connections):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(HERE / "tokens.lua"), f"http://127.0.0.1:{port}/score"],
-        capture_output=True,
-        text=True,
-        env={"TOKENS_FILE": str(tokens_file), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra")):
+    """The same decision in claimgate's language: `rules` is [(name, path)]."""
+    text = ['version = 1', 'name = "bench"', 'default = "deny"', ""]
+    if "keycloak" in issuers:
+        text += [
+            "[issuers.keycloak]",
+            f'issuer = "{tk.KEYCLOAK_ISSUER}"',
+            f'audiences = ["{tk.KEYCLOAK_AUDIENCE}"]',
+            f"algorithms = {json.dumps(tk.ALGORITHMS)}",
+            'roles = ["realm_access.roles"]',
+            'scopes = ["scope"]',
+            f'jwks = {{ file = "{jwks_dir}/keycloak.jwks.json" }}',
+            "",
+        ]
+    if "entra" in issuers:
+        text += [
+            "[issuers.entra]",
+            f'issuer = "{tk.ENTRA_ISSUER}"',
+            f'audiences = ["{tk.ENTRA_AUDIENCE}"]',
+            'algorithms = ["RS256"]',
+            'roles = ["roles"]',
+            'scopes = ["scp"]',
+            f'jwks = {{ file = "{jwks_dir}/entra.jwks.json" }}',
+            "",
+        ]
+    names = json.dumps(list(issuers))
+    for name, path in rules:
+        text += ["[[rules]]", f'name = "{name}"', 'methods = ["GET"]', f'paths = ["{path}"]', f'allow = {{ issuers = {names}, roles_any = ["{tk.ROLE}"] }}', ""]
+    return "\n".join(text)
 
-    def pct(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", text, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-    statuses = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99), "non2xx": int(statuses.group(1)) if statuses else 0}
-
-
-def first_sight(port, tokens):
-    """Milliseconds per request when every token is new (no cache can help)."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    refused = 0
+def compile_policy(folder, name, text, timeout=None):
+    """`claimgate compile`; returns (pluginConfig JSON, seconds, bytes), or None when it takes
+    longer than `timeout` seconds."""
+    path = folder / f"{name}.toml"
+    path.write_text(text)
     started = time.perf_counter()
-    for t in tokens:
-        conn.request("POST", "/score", body=b"{}", headers={"host": "bench", "authorization": f"Bearer {t}"})
-        response = conn.getresponse()
-        response.read()
-        refused += response.status != 200
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return {"ms": elapsed * 1000 / len(tokens), "refused": refused}
+    try:
+        out = subprocess.run([str(h.CLAIMGATE), "compile", str(path)], check=True, capture_output=True, text=True, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    return out, time.perf_counter() - started, len(out.encode())
+
+
+# --- Envoy processes and measurement -----------------------------------------------------
+
+class Envoy:
+    """One Envoy, one worker, pinned to `cpu`, at `--log-level warning`."""
+
+    def __init__(self, label, binary, filters, folder, cpu):
+        self.label = label
+        folder.mkdir(parents=True, exist_ok=True)
+        self.admin_port, self.port = h.free_port(), h.free_port()
+        config = {"admin": h.admin(self.admin_port), "static_resources": {"listeners": [h.http_listener("bench", self.port, filters, DIRECT_OK, stat_prefix="bench")]}}
+        path = folder / "envoy.json"
+        path.write_text(json.dumps(config))
+        self.log_path = folder / "envoy.log"
+        self.log = open(self.log_path, "w")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu), binary, "-c", str(path), "--concurrency", "1", "--log-level", "warning", "--disable-hot-restart"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.ready_seconds = None
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label}: envoy exited with {self.proc.returncode}:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                if self.admin("/ready").strip() == "LIVE":
+                    self.ready_seconds = time.perf_counter() - self.started
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def admin(self, path):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=30)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def counters(self):
+        out = {}
+        for line in self.admin("/stats?usedonly").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
+    def cpu_ns(self):
+        """CPU time of every Envoy thread so far (schedstat's first field: ns on a CPU)."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that ended between listing and reading
+        return total
+
+    def rss_kib(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def statuses(self, tokens, path="/score"):
+        """Statuses of one request per token on one kept-alive connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        out = []
+        try:
+            for token in tokens:
+                headers = {"host": "bench"}
+                if token:
+                    headers["authorization"] = f"Bearer {token}"
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                out.append(response.status)
+        finally:
+            conn.close()
+        return out
+
+    def stop(self):
+        h.stop_process(self.proc, self.log)
+
+
+def _counter(stats, suffix):
+    return sum(v for k, v in stats.items() if k.endswith(suffix))
+
+
+def _duration_ms(text):
+    value, unit = float(text[:-2] if text.endswith(("us", "ms")) else text[:-1]), re.sub(r"[\d.]", "", text)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_wrk(text):
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    pcts = {int(p): _duration_ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)\s*$", text, re.M)}
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": pcts.get(50), "p99_ms": pcts.get(99)}
+
+
+class Loader:
+    def __init__(self, cpu, connections):
+        self.cpu = cpu
+        self.connections = connections
+
+    def run(self, envoy, tokens_file, limit=0, seconds=0, path="/score"):
+        """One measured window: wrk on `tokens_file`, either `limit` answers (tokens never
+        repeat) or `seconds`. Returns the window's figures."""
+        env = {"BENCH_TOKENS": str(tokens_file), "BENCH_LIMIT": str(limit), "BENCH_PATH": path, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        duration = seconds if not limit else 600
+        cmd = ["taskset", "-c", str(self.cpu), "wrk", "-t1", f"-c{self.connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "load.lua"), f"http://127.0.0.1:{envoy.port}{path}"]
+        before = envoy.counters()
+        cpu_before = envoy.cpu_ns()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        reached = not limit
+        if limit:
+            for line in proc.stderr:
+                if "limit reached" in line:
+                    reached = True
+                    proc.send_signal(signal.SIGINT)
+                    break
+        out, err = proc.communicate(timeout=duration + 60)
+        cpu_after = envoy.cpu_ns()
+        after = envoy.counters()
+        if proc.returncode != 0 or not reached:
+            raise RuntimeError(f"{envoy.label}: wrk failed (rc {proc.returncode}, limit reached: {reached}): {out[-1000:]} {err[-1000:]}")
+
+        def delta(suffix):
+            return _counter(after, suffix) - _counter(before, suffix)
+
+        def exact(name):  # the connection manager's own counter, not the per-listener copy
+            return after.get(name, 0) - before.get(name, 0)
+
+        requests = exact("http.bench.downstream_rq_total")
+        result = {
+            "requests": requests,
+            "cpu_us": (cpu_after - cpu_before) / 1000 / max(requests, 1),
+            "connections": exact("http.bench.downstream_cx_total"),
+            "2xx": exact("http.bench.downstream_rq_2xx"),
+            "4xx": exact("http.bench.downstream_rq_4xx"),
+            "5xx": exact("http.bench.downstream_rq_5xx"),
+            "cache_hit": delta("claimgate.token_cache_hit_total") + delta("jwt_authn.jwt_cache_hit"),
+            "cache_miss": delta("claimgate.token_cache_miss_total") + delta("jwt_authn.jwt_cache_miss"),
+        }
+        result.update(parse_wrk(out))
+        return result
+
+
+# --- The run -----------------------------------------------------------------------------
+
+class Scenario:
+    def __init__(self, name, title, group, tokens_name=None, limit=False, expect=None, path="/score"):
+        self.name, self.title, self.group = name, title, group
+        self.tokens_name = tokens_name
+        self.limit = limit
+        self.expect = expect or {s: 200 for s in SETUPS}
+        self.path = path
+
+
+def slice_files(population, name, folder, profile, rounds):
+    """Warm-up and per-round token files of a never-repeat scenario: disjoint slices."""
+    tokens = population.tokens[name]
+    size = profile["count"] + CONNECTIONS + 8  # answered + in flight when the thread stops
+    warm = profile["warmup_count"] + CONNECTIONS + 8
+    files = {}
+    start = 0
+    for key, length in [("warmup", warm)] + [(r, size) for r in range(rounds)]:
+        part = tokens[start : start + length]
+        if len(part) < length:
+            raise RuntimeError(f"population {name}: {len(tokens)} tokens are too few")
+        path = folder / f"{name}-{key}.txt"
+        path.write_text("\n".join(part) + "\n")
+        files[key] = (path, part)
+        start += length
+    return files
+
+
+def population_sizes(profile):
+    per_list = profile["warmup_count"] + CONNECTIONS + 8 + profile["rounds"] * (profile["count"] + CONNECTIONS + 8)
+    wanted = {f"cold-{alg}": ("keycloak", alg, per_list) for alg in profile["algorithms"]}
+    half = profile["warm_tokens"] // 2
+    wanted["warm-keycloak"] = ("keycloak", "RS256", profile["warm_tokens"] - half)
+    wanted["warm-entra"] = ("entra", "RS256", half)
+    for name in GARBAGE:
+        wanted[name] = (name, "RS256", per_list)
+    return wanted
+
+
+def expected_minutes(profile, minted):
+    """A rough duration for a quiet 2-core machine (claimgate's cold path as of issue 9's
+    start, ≈ 2 ms per RSA token, bounds it)."""
+    rounds = profile["rounds"] + 1  # the warm-up pass costs about one round
+    cold = len(profile["algorithms"]) * profile["count"] * (0.02 + 0.25 + 0.25 + 1.5) / 1000
+    garbage = 2 * profile["count"] * (0.02 + 0.1 + 0.1 + 1.5) / 1000
+    warm = 2 * 4 * profile["seconds"]
+    windows = (len(profile["algorithms"]) + 4) * 4 * 0.6
+    scale = (len(profile["rules"]) * 2 + 1) * profile["seconds"] * rounds + 30 * len(profile["rules"])
+    mint = 0 if minted else (4 * population_sizes(profile)["cold-RS256"][2] + profile["warm_tokens"]) * 1.2e-3 / 2 + 20
+    return (rounds * (cold + garbage + warm + windows) + scale + mint + 40) / 60
+
+
+def machine_facts(binary):
+    def first(path, prefix):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+        return "?"
+
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip().split("version:")[-1].strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1]
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cores": os.cpu_count(),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "envoy": version,
+        "wrk": wrk_version[0] if wrk_version else "?",
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "wasm_bytes": h.WASM.stat().st_size,
+        "load_start": Path("/proc/loadavg").read_text().split()[:3],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def check_statuses(envoy, setup, scenario, sample, checks):
+    got = envoy.statuses(sample, scenario.path)
+    want = scenario.expect[setup]
+    ok = all(s == want for s in got)
+    checks.append({"scenario": scenario.name, "setup": setup, "want": want, "got": sorted(set(got)), "ok": ok})
+    if not ok:
+        raise SystemExit(f"{setup} answers {got} for {scenario.name} (expected {want} each): a misconfigured setup cannot be compared")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--envoy", default=None, help="Envoy binary (default: the newest pinned one)")
+    parser.add_argument("--quick", action="store_true", help="short windows, 2 rounds, rules up to 1,000 (development)")
+    parser.add_argument("--smoke", action="store_true", help="seconds: every setup answers as expected with connections kept alive; writes under target/bench/smoke")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 4, quick 2)")
+    parser.add_argument("--envoy", default=None, help="Envoy version (1.36, 1.40) or binary (default: the newest pinned one)")
+    parser.add_argument("--only", default="", help="comma-separated scenario groups: cold,warm,garbage,scale (default: all)")
+    parser.add_argument("--algorithms", default="", help="comma-separated algorithms of the cold path (default: all seven)")
+    parser.add_argument("--rules", default="", help="comma-separated rule counts for the scale scenario")
+    parser.add_argument("--envoy-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--fresh-tokens", action="store_true", help="mint a new population even if a cached one is valid")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--chart", default=str(HERE / "chart.png"))
+    parser.add_argument("--report-only", action="store_true", help="render the results of the last run (or --results) again")
+    parser.add_argument("--results", default=None, help="results.json to render with --report-only")
     args = parser.parse_args()
-    binary = args.envoy or h.envoy_binaries()[-1]
-    work = Path(tempfile.mkdtemp(prefix="claimgate-bench-"))
 
-    keys = h.Keys(work)
-    jwks = keys.make("RS256", "bench")
-    (work / "bench.jwks.json").write_text(json.dumps(jwks))
-    (work / "policy.toml").write_text(POLICY)
-    plugin_config = h.compile_policy(work / "policy.toml")
-    now = int(time.time())
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    work = WORK / "smoke" if args.smoke else WORK
+    if args.smoke:
+        args.out, args.chart = str(work / "BENCHMARKS.md"), str(work / "chart.png")
+    results_path = work / "results.json"
+    if args.report_only:
+        report.write(json.loads(Path(args.results or results_path).read_text()), Path(args.out), Path(args.chart))
+        return
 
-    def token(sub):
-        return keys.mint("RS256", "bench", {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 3600, "realm_access": {"roles": ["ml-scorer"]}})
+    profile = dict(PROFILES[name])
+    profile["name"] = name
+    if args.rounds:
+        profile["rounds"] = args.rounds
+    if args.algorithms:
+        profile["algorithms"] = args.algorithms.split(",")
+    if args.rules:
+        profile["rules"] = [int(n) for n in args.rules.split(",")]
+    groups = set(args.only.split(",")) if args.only else {"cold", "warm", "garbage", "scale"}
+    if args.smoke:
+        groups.discard("scale")  # an Envoy start per rule count: seconds the smoke cannot spare
 
-    print("minting 1,000 tokens …", file=sys.stderr)
-    many = [token(f"svc-{i}") for i in range(1000)]
-    fresh = {setup: [token(f"{setup}-{i}") for i in range(1000)] for setup in ("none", "native", "claimgate")}
-    files = {"one-token": [many[0]], "1000-tokens": many, "no-token": [""]}
-    for name, lines in files.items():
-        (work / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    binaries = h.envoy_binaries()
+    binary = args.envoy or binaries[-1]
+    if args.envoy and not Path(args.envoy).exists():
+        matching = [b for b in binaries if f"envoy-{args.envoy}/" in b]
+        if not matching:
+            raise SystemExit(f"no pinned Envoy {args.envoy} in {binaries}")
+        binary = matching[0]
+    for needed in (h.CLAIMGATE, h.WASM):
+        if not Path(needed).exists():
+            raise SystemExit(f"{needed} is missing: run scripts/bench (it builds)")
 
-    setups = {"none": [], "native": native_filters(json.dumps(jwks)), "claimgate": [h.wasm_filter(plugin_config)]}
-    results, memory, cold = {}, {}, {}
-    for setup, filters in setups.items():
-        folder = work / setup
-        folder.mkdir()
-        envoy = h.Envoy(binary, bootstrap(filters), folder)
-        try:
-            envoy.wait_ready()
-            for scenario in files:
-                tokens = work / f"{scenario}.txt"
-                # Warm-up: JIT, connections, and every token of the scenario seen (cached).
-                first_sight(envoy.port, files[scenario])
-                wrk(envoy.port, tokens, 2, args.connections)
-                results[(setup, scenario)] = wrk(envoy.port, tokens, args.seconds, args.connections)
-            cold[setup] = first_sight(envoy.port, fresh[setup])
-            memory[setup] = rss_kib(envoy.proc.pid)
-        finally:
+    population = tk.Population(work / "tokens")
+    wanted = population_sizes(profile)
+    meta = work / "tokens" / "population.json"
+    cached = meta.exists() and not args.fresh_tokens
+    log(f"profile {profile['name']}: {profile['rounds']} rounds; expected duration ≈ {expected_minutes(profile, cached):.0f} min (quiet 2-core machine)")
+    started = time.time()
+    facts = machine_facts(binary)
+    population.ensure(wanted, fresh=args.fresh_tokens, log=log)
+    jwks = {"keycloak": population.jwks("keycloak"), "entra": population.jwks("entra")}
+    run_dir = work / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loader = Loader(args.load_cpu, CONNECTIONS)
+    results = {"profile": profile, "facts": facts, "windows": [], "checks": [], "memory": {}, "startup": {}, "compile": {}, "token_bytes": {}, "notes": []}
+    rounds = profile["rounds"]
+
+    # Main phase: every setup of the table, plus separate warm instances of the two caching
+    # setups so the cold scenarios' tokens never crowd the warm caches out.
+    main_policy, _, _ = compile_policy(run_dir, "main", claimgate_policy(population.folder, [("score", "/score")]))
+    main_rbac = {"score": rbac_policy("/score")}
+    envoys = {}
+    scenarios = []
+    if "cold" in groups:
+        for alg in profile["algorithms"]:
+            scenarios.append(Scenario(f"cold-{alg}", f"cold, {alg}", "cold", f"cold-{alg}", limit=True))
+    if "warm" in groups:
+        scenarios.append(Scenario("warm-1", "warm, 1 token", "warm", "warm-1"))
+        scenarios.append(Scenario("warm-10k", f"warm, {profile['warm_tokens']:,} tokens", "warm", "warm-10k"))
+    if "garbage" in groups:
+        deny = {"none": 200, "native": 401, "native+cache": 401, "claimgate": 401}
+        scenarios.append(Scenario("garbage-kid", "garbage, bad signature, with kid", "garbage", "garbage-kid", limit=True, expect=deny))
+        scenarios.append(Scenario("garbage-nokid", "garbage, bad signature, no kid", "garbage", "garbage-nokid", limit=True, expect=deny))
+
+    try:
+        if scenarios:
+            specs = {
+                "none": [],
+                "native": native_filters(jwks, False, main_rbac),
+                "native+cache": native_filters(jwks, True, main_rbac),
+                "claimgate": [h.wasm_filter(main_policy)],
+            }
+            for setup, filters in specs.items():
+                envoys[setup] = Envoy(setup, binary, filters, run_dir / setup.replace("+", "-"), args.envoy_cpu)
+            if "warm" in groups:
+                for setup in ("native+cache", "claimgate"):
+                    envoys[setup + " warm"] = Envoy(setup + " warm", binary, specs[setup], run_dir / (setup.replace("+", "-") + "-warm"), args.envoy_cpu)
+            for envoy in envoys.values():
+                if not envoy.wait_ready():
+                    raise SystemExit(f"{envoy.label} did not become ready")
+                results["startup"][envoy.label] = envoy.ready_seconds
+
+        def envoy_for(scenario, setup):
+            if scenario.group == "warm" and setup in ("native+cache", "claimgate"):
+                return envoys[setup + " warm"]
+            return envoys[setup]
+
+        files = {}
+        warm_tokens = population.tokens["warm-keycloak"] + population.tokens["warm-entra"]
+        # Keycloak and Entra tokens alternate; the one-token scenario uses the first of them,
+        # so the warm caches hold exactly the 10,000 distinct tokens.
+        mixed = [t for pair in zip(population.tokens["warm-keycloak"], population.tokens["warm-entra"]) for t in pair]
+        mixed += warm_tokens[len(mixed) :]
+        for scenario in scenarios:
+            if scenario.limit:
+                files[scenario.name] = slice_files(population, scenario.tokens_name, run_dir, profile, rounds)
+                sample = files[scenario.name]["warmup"][1]
+            else:
+                lines = mixed[:1] if scenario.name == "warm-1" else mixed
+                path = run_dir / f"{scenario.name}.txt"
+                path.write_text("\n".join(lines) + "\n")
+                files[scenario.name] = {"all": (path, lines)}
+                sample = lines[:1] + lines[1:3]
+            results["token_bytes"][scenario.name] = round(statistics.mean(len(t) for t in sample))
+
+        # Statuses first: a setup answering the wrong status is misconfigured, and a
+        # misconfigured setup must not look fast.
+        log("checking statuses …")
+        for scenario in scenarios:
+            for setup in SETUPS:
+                sample = files[scenario.name]["warmup" if scenario.limit else "all"][1][:3]
+                check_statuses(envoy_for(scenario, setup), setup, scenario, sample, results["checks"])
+
+        log("warm-up …")
+        for scenario in scenarios:
+            for setup in SETUPS:
+                envoy = envoy_for(scenario, setup)
+                if scenario.limit:
+                    loader.run(envoy, files[scenario.name]["warmup"][0], limit=profile["warmup_count"])
+                else:
+                    path, lines = files[scenario.name]["all"]
+                    if len(lines) > 1:  # every token once: all of them cached
+                        loader.run(envoy, path, limit=len(lines))
+                    loader.run(envoy, path, seconds=1)
+
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds} …")
+            for scenario in scenarios:
+                for setup in SETUPS:
+                    envoy = envoy_for(scenario, setup)
+                    if scenario.limit:
+                        window = loader.run(envoy, files[scenario.name][r][0], limit=profile["count"])
+                    else:
+                        window = loader.run(envoy, files[scenario.name]["all"][0], seconds=profile["seconds"])
+                    window.update({"round": r, "scenario": scenario.name, "title": scenario.title, "group": scenario.group, "setup": setup, "expect": scenario.expect[setup]})
+                    results["windows"].append(window)
+                    log(f"  {scenario.name:<14} {setup:<13} {window['cpu_us']:8.1f} µs/req {window['rps']:9.0f} req/s  p99 {window['p99_ms'] or 0:.2f} ms  cx/req {window['connections'] / max(window['requests'], 1):.4f}")
+
+        for label, envoy in envoys.items():
+            results["memory"][label] = envoy.rss_kib()
+        for envoy in envoys.values():
+            envoy.stop()
+        envoys.clear()
+
+        if "scale" in groups:
+            scale_phase(profile, population, jwks, run_dir, binary, args, loader, results, mixed[0])
+    finally:
+        for envoy in envoys.values():
             envoy.stop()
 
-    version = Path(binary).parts[-7] if len(Path(binary).parts) > 7 else binary
-    print(f"\nclaimgate vs native jwt_authn + rbac — {version}, 1 worker, wrk -t1 -c{args.connections} -d{args.seconds}s, direct 200 response")
-    print(f"{'scenario':<12} {'setup':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for scenario in files:
-        for setup in setups:
-            r = results[(setup, scenario)]
-            print(f"{scenario:<12} {setup:<10} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['non2xx']:>8}")
-        c, n = results[("claimgate", scenario)], results[("native", scenario)]
-        print(f"{'':<12} {'ratio':<10} {c['rps'] / n['rps']:>9.2f} {c['p50'] / n['p50']:>8.2f} {c['p99'] / n['p99']:>8.2f}   (claimgate / native)")
-    print("\nfirst-sight tokens, one connection, ms per request: " + ", ".join(f"{s} {cold[s]['ms']:.3f}" for s in setups))
-    verify = {s: cold[s]["ms"] - cold["none"]["ms"] for s in ("native", "claimgate")}
-    print(f"  added over no auth: native {verify['native']:.3f} ms, claimgate {verify['claimgate']:.3f} ms (below ~0.05 ms is noise)")
-    print("\nresident memory after the runs (KiB): " + ", ".join(f"{s} {memory[s]}" for s in setups))
-    print(f"claimgate - native: {memory['claimgate'] - memory['native']} KiB")
-    expected = {"one-token": 0, "1000-tokens": 0}
-    for scenario, want in expected.items():
-        for setup in ("native", "claimgate"):
-            if results[(setup, scenario)]["non2xx"] != want:
-                sys.exit(f"{setup} {scenario}: valid tokens were refused — the comparison is void")
-    for setup in ("native", "claimgate"):
-        if cold[setup]["refused"]:
-            sys.exit(f"{setup} first-sight: valid tokens were refused — the comparison is void")
-        if results[(setup, "no-token")]["non2xx"] == 0:
-            sys.exit(f"{setup}: requests without a token passed — the comparison is void")
+    results["facts"]["load_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["facts"]["seconds"] = round(time.time() - started)
+    results["scenarios"] = [{"name": s.name, "title": s.title, "group": s.group} for s in scenarios]
+    work.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1))
+    report.write(results, Path(args.out), Path(args.chart))
+    log(f"done in {(time.time() - started) / 60:.1f} min: {args.out}, {args.chart}")
+    bad = [w for w in results["windows"] if not report.window_ok(w)]
+    if bad:
+        raise SystemExit(f"{len(bad)} windows answered unexpected statuses or opened connections: the comparison is void (see {args.out})")
+
+
+def scale_phase(profile, population, jwks, run_dir, binary, args, loader, results, token):
+    """claimgate with N rules against native jwt_authn (cached) + RBAC with N policies; the
+    request names the last rule (`/m{N-1}/score`), one warm Keycloak token."""
+    keycloak_only = ("keycloak",)
+    envoys = {}
+    try:
+        envoys["none"] = Envoy("none", binary, [], run_dir / "scale-none", args.envoy_cpu)
+        envoys["none"].wait_ready()
+        for count in profile["rules"]:
+            rules = [(f"r{i:06d}", f"/m{i}/score") for i in range(count)]
+            compiled = compile_policy(run_dir, f"rules-{count}", claimgate_policy(population.folder, rules, keycloak_only), COMPILE_TIMEOUT)
+            policies = {name: rbac_policy(path, keycloak_only) for name, path in rules}
+            specs = {f"native+cache {count}": native_filters(jwks, True, policies)}
+            if compiled is None:
+                results["compile"][str(count)] = {"seconds": None, "bytes": None}
+                results["notes"].append(f"claimgate {count:,} rules: `claimgate compile` took more than {COMPILE_TIMEOUT} s, stopped; not measured through Envoy")
+                log(f"rules {count:,}: compile exceeded {COMPILE_TIMEOUT} s")
+            else:
+                plugin, seconds, size = compiled
+                results["compile"][str(count)] = {"seconds": seconds, "bytes": size}
+                log(f"rules {count:,}: compiled in {seconds:.2f} s, pluginConfig {size / 1024:.0f} KiB")
+                specs[f"claimgate {count}"] = [h.wasm_filter(plugin)]
+            for label, filters in specs.items():
+                folder = run_dir / label.replace(" ", "-").replace("+", "-")
+                envoy = Envoy(label, binary, filters, folder, args.envoy_cpu)
+                timeout = NATIVE_READY_TIMEOUT if label.startswith("native") else 120
+                if envoy.wait_ready(timeout):
+                    envoys[label] = envoy
+                    results["startup"][label] = envoy.ready_seconds
+                    log(f"  {label} ready in {envoy.ready_seconds:.1f} s")
+                else:
+                    envoy.stop()
+                    results["notes"].append(f"{label}: Envoy was not ready within {timeout} s, not measured")
+                    log(f"  {label}: not ready within {timeout} s")
+        if 10_000 not in profile["rules"]:
+            # The issue's size target is for 10,000 rules: compiled (not run) when not measured.
+            rules = [(f"r{i:06d}", f"/m{i}/score") for i in range(10_000)]
+            compiled = compile_policy(run_dir, "rules-10000", claimgate_policy(population.folder, rules, keycloak_only), COMPILE_TIMEOUT)
+            results["compile"]["10000"] = {"seconds": compiled[1], "bytes": compiled[2]} if compiled else {"seconds": None, "bytes": None}
+        token_file = run_dir / "scale-token.txt"
+        token_file.write_text(token + "\n")
+
+        def path_of(label):
+            return "/score" if label == "none" else f"/m{int(label.split()[-1]) - 1}/score"
+
+        for label, envoy in envoys.items():
+            want = 200
+            got = envoy.statuses([token, token], path_of(label))
+            results["checks"].append({"scenario": "rules", "setup": label, "want": want, "got": sorted(set(got)), "ok": got == [want, want]})
+            if got != [want, want]:
+                raise SystemExit(f"{label} answers {got} on {path_of(label)} (expected 200): misconfigured")
+            # A path no rule names is refused: the rules are really consulted.
+            if label != "none":
+                refused = envoy.statuses([token], "/nowhere")
+                if refused != [403]:
+                    raise SystemExit(f"{label} answers {refused} on /nowhere (expected 403)")
+            loader.run(envoy, token_file, seconds=1, path=path_of(label))
+        for r in range(profile["rounds"]):
+            log(f"rules, round {r + 1}/{profile['rounds']} …")
+            for label, envoy in envoys.items():
+                window = loader.run(envoy, token_file, seconds=profile["seconds"], path=path_of(label))
+                setup, _, count = label.partition(" ")
+                window.update({"round": r, "scenario": f"rules-{count}" if count else "rules-floor", "group": "scale", "setup": setup, "rules": int(count) if count else 0, "expect": 200})
+                results["windows"].append(window)
+                log(f"  {label:<20} {window['cpu_us']:8.1f} µs/req {window['rps']:9.0f} req/s")
+        for label, envoy in envoys.items():
+            results["memory"][f"rules: {label}"] = envoy.rss_kib()
+    finally:
+        for envoy in envoys.values():
+            envoy.stop()
 
 
 if __name__ == "__main__":
