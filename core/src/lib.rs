@@ -23,6 +23,7 @@ pub mod locate;
 pub mod matcher;
 pub mod mesh;
 pub mod reason;
+pub mod rsa_verify;
 pub mod signature;
 #[cfg(feature = "compiler")]
 pub mod source;
