@@ -82,12 +82,19 @@ pub(super) fn unscoped_roles(
 /// decision (so they shadow nothing), and an audit rule that an enforcing rule decides first
 /// is still a trial worth keeping (its shadow decision is logged).
 pub(super) fn shadowed_rules(cx: &mut Context<'_>, rules: &[CompiledRule], spans: &[Range<usize>]) {
+    // Only unconditional rules shadow: collected once, so a policy of 100,000 rules with a
+    // few of them is not 10^10 comparisons.
+    let unconditional: Vec<(usize, &CompiledRule)> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.audit && a.principal == Principal::Anyone)
+        .collect();
     for (b_index, b) in rules.iter().enumerate() {
         if b.audit {
             continue;
         }
-        for (a_index, a) in rules.iter().enumerate() {
-            if a_index == b_index || a.audit || a.principal != Principal::Anyone {
+        for &(a_index, a) in &unconditional {
+            if a_index == b_index {
                 continue;
             }
             let shadows = match (a.effect, b.effect) {

@@ -354,16 +354,6 @@ impl Engine {
         })
     }
 
-    fn candidates(&self, path: &str) -> &[u32] {
-        let segment = matcher::first_segment(path);
-        let key: Cow<'_, str> = if segment.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(segment.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(segment)
-        };
-        self.index.get(key.as_ref()).unwrap_or(&self.unindexed)
-    }
-
     /// Decides, authenticating through `authenticate` (which may use a cache).
     pub fn decide_with(
         &self,
@@ -408,8 +398,8 @@ impl Engine {
             }
         };
         let names = &self.header_names;
-        let matched: Vec<Matched> = self
-            .candidates(&path)
+        let candidates = self.rule_index.candidates(&path);
+        let matched: Vec<Matched> = candidates
             .iter()
             .filter_map(|&rule| {
                 let compiled = self.policy.rules.get(rule as usize)?;
@@ -428,7 +418,7 @@ impl Engine {
                 format!(
                     "{} {host} {path}: {} candidate rule(s), matched {:?}",
                     request.method,
-                    self.candidates(&path).len(),
+                    candidates.len(),
                     decision.matched_rules
                 )
             });

@@ -20,6 +20,7 @@ use crate::token::{self, Trace, record};
 use crate::upstream::IdentityHeaderNames;
 
 mod decide;
+mod rule_index;
 
 pub use decide::Shadow;
 
@@ -197,8 +198,8 @@ pub struct Engine {
     issuer_by_iss: HashMap<String, usize>,
     inline_keys: Vec<KeySet>,
     role_ids: HashMap<String, u32>,
-    index: HashMap<String, Vec<u32>>,
-    unindexed: Vec<u32>,
+    /// The rules each request path can match.
+    rule_index: rule_index::RuleIndex,
     /// Revoked subjects by issuer index.
     revoked_subjects: HashMap<usize, HashSet<String>>,
     revoked_token_ids: HashSet<String>,
@@ -238,20 +239,7 @@ impl Engine {
             .enumerate()
             .map(|(i, role)| (role.clone(), i as u32))
             .collect();
-        let unindexed = policy.path_index.any.clone();
-        // Keyed by the lower-cased segment: deny rules match every spelling of their paths
-        // (see `matcher::Spelling`), so `/Admin` must find the rules of `/admin`.
-        let mut index: HashMap<String, Vec<u32>> = HashMap::new();
-        for (segment, ids) in &policy.path_index.by_first_segment {
-            index
-                .entry(segment.to_ascii_lowercase())
-                .or_insert_with(|| unindexed.clone())
-                .extend(ids);
-        }
-        for ids in index.values_mut() {
-            ids.sort_unstable();
-            ids.dedup();
-        }
+        let rule_index = rule_index::RuleIndex::new(&policy.rules);
         let mut revoked_subjects: HashMap<usize, HashSet<String>> = HashMap::new();
         for scoped in &policy.revoked.subjects {
             revoked_subjects
@@ -270,8 +258,7 @@ impl Engine {
             issuer_by_iss,
             inline_keys,
             role_ids,
-            index,
-            unindexed,
+            rule_index,
             revoked_subjects,
             revoked_token_ids,
             signature_host: HostSlot::default(),
