@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-use super::{Host, HostError, MetricKind, RawHeaders};
+use super::{ForeignHost, Host, HostError, MetricKind, RawHeaders};
 
 /// A local reply the filter sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct State {
     pub now_ms: Option<u64>,
     /// pluginConfig bytes.
     pub config: Option<Vec<u8>>,
+    /// VM configuration bytes.
+    pub vm_config: Option<Vec<u8>>,
     /// Live request contexts and their headers.
     pub requests: HashMap<u32, RawHeaders>,
     /// Request trailers by context.
@@ -204,6 +206,11 @@ impl Host for MockHost {
     fn plugin_config(&self) -> Result<Option<Vec<u8>>, HostError> {
         self.check("plugin_config")?;
         Ok(self.state.borrow().config.clone())
+    }
+
+    fn vm_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        self.check("vm_configuration")?;
+        Ok(self.state.borrow().vm_config.clone())
     }
 
     fn request_headers(&self) -> Result<RawHeaders, HostError> {
@@ -450,4 +457,72 @@ pub fn capture_logs() {
 /// This thread's log lines since `capture_logs`.
 pub fn logged() -> Vec<(log::Level, String)> {
     LINES.with(|lines| lines.borrow().clone())
+}
+
+// === Foreign functions ===
+
+/// Answers a foreign-function call: `(name, arguments)` to the host's status or answer bytes.
+pub type ForeignAnswer =
+    Box<dyn Fn(&str, &[u8]) -> Result<Option<Vec<u8>>, HostError> + Send + Sync>;
+
+/// A scripted [`ForeignHost`]: every call goes to `answer`; calls and counter bumps are
+/// recorded. Thread-safe, as the signature host it backs must be.
+pub struct MockForeign {
+    answer: ForeignAnswer,
+    /// The calls made, in order: function name and argument bytes.
+    pub calls: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// Counter bumps by id.
+    pub counters: std::sync::Mutex<HashMap<u32, u64>>,
+}
+
+impl MockForeign {
+    /// A host whose foreign functions answer with `answer`.
+    pub fn new(
+        answer: impl Fn(&str, &[u8]) -> Result<Option<Vec<u8>>, HostError> + Send + Sync + 'static,
+    ) -> MockForeign {
+        MockForeign {
+            answer: Box::new(answer),
+            calls: std::sync::Mutex::default(),
+            counters: std::sync::Mutex::default(),
+        }
+    }
+
+    /// How many foreign calls were made.
+    pub fn call_count(&self) -> usize {
+        self.calls.lock().map_or(0, |calls| calls.len())
+    }
+
+    /// The value of counter `id`.
+    pub fn counter(&self, id: u32) -> u64 {
+        self.counters
+            .lock()
+            .map_or(0, |counters| counters.get(&id).copied().unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for MockForeign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockForeign")
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ForeignHost for MockForeign {
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push((name.to_owned(), arguments.to_vec()));
+        }
+        (self.answer)(name, arguments)
+    }
+
+    fn bump_counter(&self, id: u32) {
+        if let Ok(mut counters) = self.counters.lock() {
+            *counters.entry(id).or_default() += 1;
+        }
+    }
 }

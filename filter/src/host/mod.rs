@@ -9,6 +9,7 @@
 #[cfg(test)]
 pub mod mock;
 pub mod pairs;
+pub mod verify_signature;
 mod wasm;
 
 use std::fmt;
@@ -57,6 +58,9 @@ pub trait Host {
     fn now_ms(&self) -> Result<u64, HostError>;
     /// The plugin configuration bytes (`None` when there is none).
     fn plugin_config(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// The VM configuration bytes (Envoy's `vm_config.configuration`; `None` when there is
+    /// none). Read at VM start.
+    fn vm_configuration(&self) -> Result<Option<Vec<u8>>, HostError>;
     /// The request headers of the current context.
     fn request_headers(&self) -> Result<RawHeaders, HostError>;
     /// Sets (replaces) a request header.
@@ -109,6 +113,24 @@ pub trait Host {
     /// The level Envoy logs this plugin's lines at (its `wasm` logger): lines below it are
     /// dropped by the host, so the filter need not format them.
     fn log_level(&self) -> Result<log::LevelFilter, HostError>;
+}
+
+/// What a helper shared across the VM (`Send + Sync`, called from inside the core's signature
+/// check, outside any context of its own) may ask of the host: Envoy's foreign functions and
+/// its counters. Apart from [`Host`] because the mock of that one is single-threaded.
+pub trait ForeignHost: Send + Sync {
+    /// Calls the host's foreign function `name` (an Envoy extension of the ABI, e.g.
+    /// `verify_signature`) with its serialized arguments and returns its answer bytes
+    /// (`None` when the host answered nothing). A host without that function answers
+    /// NotFound (`HostError::Status(1)`).
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError>;
+    /// Adds one to the counter `id` (defined with [`Host::define_metric`]). Best effort: a
+    /// failing stat never changes a decision.
+    fn bump_counter(&self, id: u32);
 }
 
 /// A proxy-wasm log level number as a filter: trace 0 … error 4; critical (5) and Envoy's

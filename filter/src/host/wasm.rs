@@ -14,7 +14,7 @@
 
 use proxy_wasm::types::{BufferType, MapType, MetricType, StreamType};
 
-use super::{Host, HostError, MetricKind, RawHeaders, pairs};
+use super::{ForeignHost, Host, HostError, MetricKind, RawHeaders, pairs};
 
 /// The real host (Envoy), reached through the ABI imports.
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,6 +97,14 @@ mod raw {
             value: *const u8,
             value_size: usize,
             cas: u32,
+        ) -> u32;
+        pub fn proxy_call_foreign_function(
+            name: *const u8,
+            name_size: usize,
+            arguments: *const u8,
+            arguments_size: usize,
+            out_data: *mut *mut u8,
+            out_size: *mut usize,
         ) -> u32;
     }
 
@@ -242,6 +250,23 @@ mod raw {
         // SAFETY: live slices; cas 0 = unconditional.
         unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) }
     }
+
+    pub fn call_foreign(name: &str, arguments: &[u8]) -> (u32, Option<Vec<u8>>) {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        // SAFETY: live slices and out-pointers to live locals; the answer, if any, was
+        // allocated through `proxy_on_memory_allocate` (see `owned`).
+        let status = unsafe {
+            proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut data,
+                &mut size,
+            )
+        };
+        (status, owned(data, size))
+    }
 }
 
 /// Native builds have no proxy-wasm host: every call reports [`NO_HOST`] (tests use the mock).
@@ -305,6 +330,9 @@ mod raw {
     pub fn set_shared(_: &str, _: &[u8]) -> u32 {
         NO_HOST
     }
+    pub fn call_foreign(_: &str, _: &[u8]) -> (u32, Option<Vec<u8>>) {
+        (NO_HOST, None)
+    }
 }
 
 fn status(code: u32) -> Result<(), HostError> {
@@ -332,6 +360,11 @@ impl Host for WasmHost {
 
     fn plugin_config(&self) -> Result<Option<Vec<u8>>, HostError> {
         let (code, data) = raw::buffer(BufferType::PluginConfiguration as u32, usize::MAX);
+        optional(code, data)
+    }
+
+    fn vm_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        let (code, data) = raw::buffer(BufferType::VmConfiguration as u32, usize::MAX);
         optional(code, data)
     }
 
@@ -470,6 +503,21 @@ impl Host for WasmHost {
         // The `log` macros follow the host too: a line Envoy would drop is not even formatted.
         log::set_max_level(filter);
         Ok(filter)
+    }
+}
+
+impl ForeignHost for WasmHost {
+    fn call_foreign_function(
+        &self,
+        name: &str,
+        arguments: &[u8],
+    ) -> Result<Option<Vec<u8>>, HostError> {
+        let (code, data) = raw::call_foreign(name, arguments);
+        status(code).map(|()| data)
+    }
+
+    fn bump_counter(&self, id: u32) {
+        let _ = raw::increment_metric(id, 1);
     }
 }
 
