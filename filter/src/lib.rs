@@ -13,6 +13,7 @@
 
 mod audit;
 mod cache;
+mod crypto;
 mod hold;
 pub mod host;
 mod jwks;
@@ -70,6 +71,8 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         log::info!("claimgate filter {} starting", env!("CARGO_PKG_VERSION"));
+        // Once per VM: may Envoy's verify_signature check signatures (knob, self-test)?
+        crypto::start_vm(&WasmHost, WasmHost);
         true
     }
 

@@ -19,8 +19,12 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
         Ok(None) => return Err("no pluginConfig".to_owned()),
         Err(error) => return Err(format!("cannot read pluginConfig ({error})")),
     };
-    let engine = claimgate_core::blob::engine_from_plugin_config(&config)
+    let mut engine = claimgate_core::blob::engine_from_plugin_config(&config)
         .map_err(|error| format!("pluginConfig refused: {error}"))?;
+    // Envoy's BoringSSL for RS*/ES* signatures, when this VM's start detected it.
+    if let Some(signature_host) = crate::crypto::vm_signature_host() {
+        engine.set_signature_host(signature_host);
+    }
     // At warn: Istio's proxies log at `warning`, and which policy runs is what an operator
     // asks first (once per configuration and worker).
     log::warn!(
