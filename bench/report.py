@@ -170,9 +170,14 @@ def _targets(add, results, summary):
         else:
             add(f"| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | {secs:.2f} s | {verdict(secs, 2.0).replace('×', ' s')} |")
     memory = results.get("memory", {})
-    if "claimgate warm" in memory and "native+cache warm" in memory:
-        above = (memory["claimgate warm"] - memory["native+cache warm"]) * 1024 / MB
-        add(f"| 6. Envoy RSS above native+cache ≤ 15 MB per worker (1 worker, 10,000 tokens cached) | {above:.1f} MB | {verdict(above, 15).replace('×', ' MB')} |")
+    pairs = [
+        ("rules: claimgate 10", "rules: native+cache 10", "one token cached: the rule-scale Envoys with 10 rules"),
+        ("claimgate warm", "native+cache warm", "10,000 tokens cached: the warm instances"),
+    ]
+    for ours, theirs, what in pairs:
+        if ours in memory and theirs in memory:
+            above = (memory[ours] - memory[theirs]) * 1024 / MB
+            add(f"| 6. Envoy RSS above native+cache ≤ 15 MB per worker (1 worker, {what}) | {above:.1f} MB | {verdict(above, 15).replace('×', ' MB')} |")
     wasm = results["facts"]["wasm_bytes"]
     add(f"| 6. `.wasm` ≤ 600 KB | {wasm / 1000:,.0f} KB ({wasm:,} bytes) | {verdict(wasm / 1000, 600).replace('×', ' KB')} |")
     add("")
@@ -366,6 +371,7 @@ def _chart(results, scenarios, summary, chart_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (the formatter below)
 
     rows = [s for s in scenarios if all(summary[s["name"]].values())]
     scale = _scale_summary(results)
@@ -395,9 +401,10 @@ def _chart(results, scenarios, summary, chart_path):
             if pts:
                 ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=setup, color=colours[setup])
         ax2.set_xscale("log")
-        ax2.set_ylim(bottom=0)
+        ax2.set_yscale("log")  # native RBAC grows by orders of magnitude
+        ax2.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax2.set_xlabel("rules / RBAC policies")
-        ax2.set_ylabel("Envoy CPU µs per request")
+        ax2.set_ylabel("Envoy CPU µs per request (log)")
         ax2.set_title("rule scale, 1 warm token")
         ax2.legend(fontsize=8)
         ax2.grid(which="both", alpha=0.3)
