@@ -75,6 +75,8 @@ pub struct State {
     pub log_level: Option<u32>,
     /// Names of host calls that fail (`"send_reply"`, `"dispatch_http_call"`…).
     pub failing: HashSet<&'static str>,
+    /// Every host call made, by name, in order (each one crosses the Wasm boundary in Envoy).
+    pub calls: Vec<&'static str>,
 }
 
 /// The scripted host.
@@ -181,6 +183,7 @@ impl MockHost {
     }
 
     fn check(&self, call: &'static str) -> Result<(), HostError> {
+        self.state.borrow_mut().calls.push(call);
         if self.state.borrow().failing.contains(call) {
             return Err(HostError::Status(2));
         }

@@ -6,15 +6,33 @@
 //! the VM. Here every import returns its status as a plain `u32` (never an enum the host could
 //! overflow), every status is an error value, and memory the host hands back is read as bytes.
 //!
-//! One call still goes through the SDK: `dispatch_http_call`, because the SDK's dispatcher must
-//! register the callout — its `proxy_on_http_call_response` export panics on a token it did
-//! not register. That wrapper panics only on statuses other than Ok, BadArgument and
-//! InternalFailure; Envoy's `httpCall` returns only those (and InvalidMemoryAccess for bad
-//! pointers, which valid slices cannot produce).
-
-use proxy_wasm::types::{BufferType, MapType, MetricType, StreamType};
+//! The SDK is not linked at all: its dispatcher exports every callback of the ABI, and Envoy
+//! calls each one a module exports (see `abi`). The ABI's enumerations are the numbers below.
 
 use super::{ForeignHost, Host, HostError, MetricKind, RawHeaders, pairs};
+
+/// proxy-wasm `MapType` numbers.
+mod map {
+    pub const REQUEST_HEADERS: u32 = 0;
+    pub const REQUEST_TRAILERS: u32 = 1;
+    pub const CALL_RESPONSE_HEADERS: u32 = 6;
+}
+
+/// proxy-wasm `BufferType` numbers.
+mod buffer {
+    pub const CALL_RESPONSE_BODY: u32 = 4;
+    pub const VM_CONFIGURATION: u32 = 6;
+    pub const PLUGIN_CONFIGURATION: u32 = 7;
+}
+
+/// proxy-wasm `MetricType` numbers.
+mod metric {
+    pub const COUNTER: u32 = 0;
+    pub const GAUGE: u32 = 1;
+}
+
+/// proxy-wasm `StreamType`: the request stream.
+const REQUEST_STREAM: u32 = 0;
 
 /// The real host (Envoy), reached through the ABI imports.
 #[derive(Debug, Default, Clone, Copy)]
@@ -84,6 +102,18 @@ mod raw {
         pub fn proxy_define_metric(kind: u32, name: *const u8, size: usize, out: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
+        pub fn proxy_http_call(
+            upstream: *const u8,
+            upstream_size: usize,
+            headers: *const u8,
+            headers_size: usize,
+            body: *const u8,
+            body_size: usize,
+            trailers: *const u8,
+            trailers_size: usize,
+            timeout_ms: u32,
+            out_token: *mut u32,
+        ) -> u32;
         pub fn proxy_get_shared_data(
             key: *const u8,
             key_size: usize,
@@ -237,6 +267,32 @@ mod raw {
         unsafe { proxy_record_metric(id, value) }
     }
 
+    pub fn http_call(
+        cluster: &str,
+        headers: &[u8],
+        trailers: &[u8],
+        timeout_ms: u32,
+    ) -> (u32, u32) {
+        let mut token = 0u32;
+        // SAFETY: live slices (no body: a null pointer with size 0) and an out-pointer to a
+        // live local.
+        let status = unsafe {
+            proxy_http_call(
+                cluster.as_ptr(),
+                cluster.len(),
+                headers.as_ptr(),
+                headers.len(),
+                std::ptr::null(),
+                0,
+                trailers.as_ptr(),
+                trailers.len(),
+                timeout_ms,
+                &mut token,
+            )
+        };
+        (status, token)
+    }
+
     pub fn get_shared(key: &str) -> (u32, Option<Vec<u8>>) {
         let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
         // SAFETY: a live `str` and out-pointers to live locals.
@@ -324,6 +380,9 @@ mod raw {
     pub fn record_metric(_: u32, _: u64) -> u32 {
         NO_HOST
     }
+    pub fn http_call(_: &str, _: &[u8], _: &[u8], _: u32) -> (u32, u32) {
+        (NO_HOST, 0)
+    }
     pub fn get_shared(_: &str) -> (u32, Option<Vec<u8>>) {
         (NO_HOST, None)
     }
@@ -359,34 +418,27 @@ impl Host for WasmHost {
     }
 
     fn plugin_config(&self) -> Result<Option<Vec<u8>>, HostError> {
-        let (code, data) = raw::buffer(BufferType::PluginConfiguration as u32, usize::MAX);
+        let (code, data) = raw::buffer(buffer::PLUGIN_CONFIGURATION, usize::MAX);
         optional(code, data)
     }
 
     fn vm_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
-        let (code, data) = raw::buffer(BufferType::VmConfiguration as u32, usize::MAX);
+        let (code, data) = raw::buffer(buffer::VM_CONFIGURATION, usize::MAX);
         optional(code, data)
     }
 
     fn request_headers(&self) -> Result<RawHeaders, HostError> {
-        let (code, data) = raw::map_pairs(MapType::HttpRequestHeaders as u32);
+        let (code, data) = raw::map_pairs(map::REQUEST_HEADERS);
         status(code)?;
         pairs::parse(&data.unwrap_or_default()).ok_or(HostError::Garbled)
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
-        status(raw::replace_map_value(
-            MapType::HttpRequestHeaders as u32,
-            name,
-            value,
-        ))
+        status(raw::replace_map_value(map::REQUEST_HEADERS, name, value))
     }
 
     fn remove_request_header(&self, name: &[u8]) -> Result<(), HostError> {
-        status(raw::remove_map_value(
-            MapType::HttpRequestHeaders as u32,
-            name,
-        ))
+        status(raw::remove_map_value(map::REQUEST_HEADERS, name))
     }
 
     fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
@@ -399,16 +451,13 @@ impl Host for WasmHost {
     }
 
     fn request_trailers(&self) -> Result<RawHeaders, HostError> {
-        let (code, data) = raw::map_pairs(MapType::HttpRequestTrailers as u32);
+        let (code, data) = raw::map_pairs(map::REQUEST_TRAILERS);
         status(code)?;
         pairs::parse(&data.unwrap_or_default()).ok_or(HostError::Garbled)
     }
 
     fn remove_request_trailer(&self, name: &[u8]) -> Result<(), HostError> {
-        status(raw::remove_map_value(
-            MapType::HttpRequestTrailers as u32,
-            name,
-        ))
+        status(raw::remove_map_value(map::REQUEST_TRAILERS, name))
     }
 
     fn send_reply(
@@ -425,11 +474,11 @@ impl Host for WasmHost {
     }
 
     fn reset_request(&self) -> Result<(), HostError> {
-        status(raw::close_stream(StreamType::HttpRequest as u32))
+        status(raw::close_stream(REQUEST_STREAM))
     }
 
     fn resume_request(&self) -> Result<(), HostError> {
-        status(raw::continue_stream(StreamType::HttpRequest as u32))
+        status(raw::continue_stream(REQUEST_STREAM))
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
@@ -451,40 +500,34 @@ impl Host for WasmHost {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u32, HostError> {
-        #[cfg(target_arch = "wasm32")]
-        {
-            proxy_wasm::hostcalls::dispatch_http_call(
-                cluster,
-                headers.to_vec(),
-                None,
-                Vec::new(),
-                std::time::Duration::from_millis(timeout_ms),
-            )
-            .map_err(|s| HostError::Status(s as u32))
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            let _ = (cluster, headers, timeout_ms);
-            Err(HostError::NoHost)
-        }
+        // The answer comes to the root's `proxy_on_http_call_response` with this token (see
+        // `abi`): nothing to register.
+        let timeout_ms = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        let (code, token) = raw::http_call(
+            cluster,
+            &pairs::serialize(headers),
+            &pairs::serialize(&[]),
+            timeout_ms,
+        );
+        status(code).map(|()| token)
     }
 
     fn call_response_status(&self) -> Result<Option<Vec<u8>>, HostError> {
-        let (code, data) = raw::map_value(MapType::HttpCallResponseHeaders as u32, ":status");
+        let (code, data) = raw::map_value(map::CALL_RESPONSE_HEADERS, ":status");
         optional(code, data)
     }
 
     fn call_response_body(&self, max: usize) -> Result<Option<Vec<u8>>, HostError> {
-        let (code, data) = raw::buffer(BufferType::HttpCallResponseBody as u32, max);
+        let (code, data) = raw::buffer(buffer::CALL_RESPONSE_BODY, max);
         optional(code, data)
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         let kind = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Counter => metric::COUNTER,
+            MetricKind::Gauge => metric::GAUGE,
         };
-        let (code, id) = raw::define_metric(kind as u32, name);
+        let (code, id) = raw::define_metric(kind, name);
         status(code).map(|()| id)
     }
 
