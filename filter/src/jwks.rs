@@ -15,8 +15,18 @@
 //! outage must not turn every authenticated request into 503 (it is how access is revoked).
 //! Only the verified-parse result is stored (the keys, bounded like a fetched set) and it is
 //! parsed again on adoption; shared data is trusted like the VM's own configuration.
+//!
+//! One fetch per Envoy, not one per worker: shared data is shared by every worker's VM (same
+//! `vm_id`), so a root whose fetch is due first looks for a newer set another root published
+//! and adopts it; otherwise it takes the URI's fetch lease ([`Lease`], compare-and-swap) and
+//! fetches, and the others wait, polling on their (shortened) tick, until the holder
+//! publishes the set, records a failure (they back off with it, as after their own) or lets
+//! the lease run out (one of them takes over). A lease lasts the callout timeout plus the
+//! deadline margin, so no root waits longer for a holder than for its own fetch. When
+//! shared data cannot be used, a root fetches for itself, as each did before.
 
 use std::cell::RefCell;
+use std::hash::BuildHasher;
 
 use claimgate_core::compiled::CompiledIssuer;
 use claimgate_core::keys::{
@@ -25,7 +35,7 @@ use claimgate_core::keys::{
 use claimgate_core::mesh::HttpEndpoint;
 use serde::{Deserialize, Serialize};
 
-use crate::host::Host;
+use crate::host::{CAS_MISMATCH, Host};
 use crate::metrics::Counter;
 use crate::state::Shared;
 
@@ -60,12 +70,20 @@ struct IssuerFetch {
     /// A fetch has finished (either way): holding for the first keys is over unless another
     /// fetch is under way.
     settled: bool,
+    /// When the installed keys were fetched (by this root or another): a published set is
+    /// adopted only when it is newer.
+    installed_at_ms: Option<u64>,
+    /// Another root holds the fetch lease: poll shared data at every tick.
+    waiting_for_peer: bool,
 }
 
 /// When each remote issuer's key set is fetched.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     fetches: Vec<IssuerFetch>,
+    /// This root's name in fetch leases: random, so roots of different workers (whose
+    /// context ids repeat) never take each other's lease for their own.
+    holder: u64,
 }
 
 impl Scheduler {
@@ -81,8 +99,14 @@ impl Scheduler {
                     refetch_wanted: false,
                     last_refetch_ms: None,
                     settled: false,
+                    installed_at_ms: None,
+                    waiting_for_peer: false,
                 })
                 .collect(),
+            // Seeded from the host's random source (WASI `random_get`), as every HashMap is.
+            holder: std::collections::hash_map::RandomState::new()
+                .hash_one(0u8)
+                .max(1),
         }
     }
 
@@ -94,13 +118,50 @@ impl Scheduler {
         self.fetches.iter_mut().find(|f| f.issuer == issuer)
     }
 
-    /// Issuers to fetch now: nothing in flight, and due or asked for.
+    /// Issuers to fetch now: nothing in flight, and due, asked for, or waiting for another
+    /// root's fetch.
     pub fn due(&self, now_ms: u64) -> Vec<usize> {
         self.fetches
             .iter()
-            .filter(|f| f.in_flight.is_none() && (f.refetch_wanted || f.next_due_ms <= now_ms))
+            .filter(|f| {
+                f.in_flight.is_none()
+                    && (f.refetch_wanted || f.waiting_for_peer || f.next_due_ms <= now_ms)
+            })
             .map(|f| f.issuer)
             .collect()
+    }
+
+    /// Whether a set fetched at `fetched_at_ms` by another root serves the issuer now: newer
+    /// than its keys and, when a request asked for a refetch, fetched no longer before the
+    /// ask than this root's own refetches are apart (a set that fresh is what its own
+    /// refetch would have been refused for).
+    fn would_adopt(&self, issuer: usize, fetched_at_ms: u64) -> bool {
+        self.get(issuer).is_some_and(|f| {
+            f.installed_at_ms.is_none_or(|at| fetched_at_ms > at)
+                && (!f.refetch_wanted
+                    || f.last_refetch_ms.is_none_or(|asked| {
+                        fetched_at_ms.saturating_add(REFETCH_MIN_INTERVAL_MS) >= asked
+                    }))
+        })
+    }
+
+    /// Another root holds the issuer's fetch lease: wait for its set (polled at every tick).
+    pub fn wait_for_peer(&mut self, issuer: usize) {
+        if let Some(f) = self.get_mut(issuer) {
+            f.waiting_for_peer = true;
+        }
+    }
+
+    /// Another root's fetch failed: back off with its failure count until `retry_at_ms`, as
+    /// after a failure of this root's own.
+    pub fn peer_failed(&mut self, issuer: usize, failures: u32, retry_at_ms: u64) {
+        if let Some(f) = self.get_mut(issuer) {
+            f.failures = failures.max(1);
+            f.settled = true;
+            f.refetch_wanted = false;
+            f.waiting_for_peer = false;
+            f.next_due_ms = retry_at_ms;
+        }
     }
 
     /// A fetch was dispatched.
@@ -113,6 +174,7 @@ impl Scheduler {
                     .saturating_add(DEADLINE_MARGIN_MS),
             });
             f.refetch_wanted = false;
+            f.waiting_for_peer = false;
         }
     }
 
@@ -145,13 +207,23 @@ impl Scheduler {
         overdue
     }
 
-    /// The fetch succeeded: next one after a full refresh period.
-    pub fn succeeded(&mut self, issuer: usize, now_ms: u64, refresh_ms: u64) {
+    /// Keys fetched at `fetched_at_ms` (by this root or another) are installed: next fetch
+    /// a full refresh period after it.
+    pub fn succeeded(&mut self, issuer: usize, fetched_at_ms: u64, refresh_ms: u64) {
         if let Some(f) = self.get_mut(issuer) {
             f.failures = 0;
             f.settled = true;
-            f.next_due_ms = now_ms.saturating_add(refresh_ms);
+            f.waiting_for_peer = false;
+            f.refetch_wanted = false;
+            f.installed_at_ms = Some(fetched_at_ms);
+            f.next_due_ms = fetched_at_ms.saturating_add(refresh_ms);
         }
+    }
+
+    /// The failures in a row of an issuer's fetches, and when the next may start.
+    fn backoff_state(&self, issuer: usize) -> (u32, u64) {
+        self.get(issuer)
+            .map_or((0, 0), |f| (f.failures, f.next_due_ms))
     }
 
     /// The fetch failed (or could not start): retry after an exponential backoff.
@@ -160,6 +232,7 @@ impl Scheduler {
             f.failures = f.failures.saturating_add(1);
             f.settled = true;
             f.refetch_wanted = false;
+            f.waiting_for_peer = false;
             f.in_flight = None;
             f.next_due_ms = now_ms.saturating_add(backoff_ms(f.failures, refresh_ms));
         }
@@ -190,15 +263,17 @@ impl Scheduler {
     /// Whether a request waiting for the issuer's first keys may still get them from a fetch
     /// under way (or not yet settled).
     pub fn first_keys_pending(&self, issuer: usize) -> bool {
-        self.get(issuer)
-            .is_some_and(|f| !f.settled || f.in_flight.is_some() || f.refetch_wanted)
+        self.get(issuer).is_some_and(|f| {
+            !f.settled || f.in_flight.is_some() || f.refetch_wanted || f.waiting_for_peer
+        })
     }
 
-    /// Whether a requested refetch still waits for dispatch.
+    /// Whether a requested refetch still waits for dispatch, or a root waits for another
+    /// root's fetch (the root's tick stays short for both).
     pub fn refetch_waiting(&self) -> bool {
         self.fetches
             .iter()
-            .any(|f| f.refetch_wanted && f.in_flight.is_none())
+            .any(|f| (f.refetch_wanted || f.waiting_for_peer) && f.in_flight.is_none())
     }
 }
 
@@ -211,9 +286,9 @@ pub fn backoff_ms(failures: u32, refresh_ms: u64) -> u64 {
         .min(refresh_ms.max(BACKOFF_BASE_MS))
 }
 
-// === Keys kept across configurations ===
+// === Keys kept across configurations and shared across workers ===
 
-/// What a root keeps in shared data for the roots after it.
+/// What a root keeps in shared data for the roots after it and beside it.
 #[derive(Serialize, Deserialize)]
 struct KeptKeys {
     fetched_at_ms: u64,
@@ -224,7 +299,7 @@ fn kept_key(uri: &str) -> String {
     format!("claimgate.jwks.v1 {uri}")
 }
 
-/// Keeps a freshly fetched key set for later roots (best effort).
+/// Publishes a freshly fetched key set for later roots and the other workers (best effort).
 fn keep(host: &dyn Host, uri: &str, keys: &[JwkKey], now_ms: u64) {
     let kept = KeptKeys {
         fetched_at_ms: now_ms,
@@ -237,54 +312,224 @@ fn keep(host: &dyn Host, uri: &str, keys: &[JwkKey], now_ms: u64) {
     }
 }
 
-/// Installs the key sets earlier roots fetched, and schedules each issuer's next fetch one
-/// refresh period after that fetch. Call before the first [`dispatch_due`].
+/// The key set published for a URI, if it is usable.
+fn kept(host: &dyn Host, uri: &str) -> Option<KeptKeys> {
+    let bytes = host.shared_data(&kept_key(uri)).ok().flatten()?;
+    let kept = serde_json::from_slice::<KeptKeys>(&bytes).ok()?;
+    (!kept.keys.is_empty() && kept.keys.len() <= MAX_JWKS_KEYS).then_some(kept)
+}
+
+/// Installs a key set fetched at `fetched_at_ms` (by this root or another) for an issuer:
+/// tokens verified with a withdrawn key are checked again, failures are forgotten whenever
+/// the keys change (a new key may verify them), and the next fetch is one refresh period
+/// after that fetch.
+fn install(
+    host: &dyn Host,
+    s: &mut Shared,
+    issuer: usize,
+    config: &CompiledIssuer,
+    keys: Vec<JwkKey>,
+    fetched_at_ms: u64,
+) {
+    // Keeps the issuer's HMAC secret beside the fetched keys.
+    let set = KeySet::for_issuer(config, &keys);
+    let old = s.fetched_keys.get(&issuer);
+    let withdrawn = old.is_some_and(|old| old.iter().any(|k| !keys.contains(k)));
+    let added = old.is_none_or(|old| keys.iter().any(|k| !old.contains(k)));
+    if withdrawn {
+        s.cache.clear_verified();
+    }
+    if withdrawn || added {
+        s.cache.clear_failures();
+    }
+    s.fetched_keys.insert(issuer, keys);
+    s.remote.set(issuer, set);
+    s.metrics.keys_fetched(host, issuer, fetched_at_ms);
+    s.scheduler
+        .succeeded(issuer, fetched_at_ms, refresh_ms(Some(config)));
+}
+
+/// Installs the set another root published for the issuer's URI when it serves the issuer
+/// now (see [`Scheduler::would_adopt`]). True when it did.
+fn adopt_newer(host: &dyn Host, s: &mut Shared, issuer: usize, now_ms: u64) -> bool {
+    let engine = s.engine.clone();
+    let Some(config) = engine.policy().issuers.get(issuer) else {
+        return false;
+    };
+    let Some(remote) = config.remote_jwks.as_ref() else {
+        return false;
+    };
+    let Some(kept) = kept(host, &remote.uri) else {
+        return false;
+    };
+    let fetched_at_ms = kept.fetched_at_ms.min(now_ms);
+    if !s.scheduler.would_adopt(issuer, fetched_at_ms)
+        || KeySet::for_issuer(config, &kept.keys).is_empty()
+    {
+        return false;
+    }
+    let age_s = now_ms.saturating_sub(fetched_at_ms) / 1000;
+    log::info!(
+        "claimgate: issuer `{}`: {} keys another root fetched {age_s} s ago",
+        bounded(&config.name, 64),
+        kept.keys.len()
+    );
+    install(host, s, issuer, config, kept.keys, fetched_at_ms);
+    s.metrics.bump(host, Counter::JwksAdopted);
+    true
+}
+
+/// Installs the key sets earlier roots (or other workers) fetched, and schedules each
+/// issuer's next fetch one refresh period after that fetch. Call before the first
+/// [`dispatch_due`].
 pub fn adopt_kept(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
     let engine = s.engine.clone();
-    for (issuer, config) in engine.remote_issuers() {
-        let Some(remote) = config.remote_jwks.as_ref() else {
-            continue;
+    for (issuer, _) in engine.remote_issuers() {
+        adopt_newer(host, s, issuer, now_ms);
+    }
+}
+
+/// Who fetches a JWKS URI now, kept in shared data under [`lease_key`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    /// The root fetching (its [`Scheduler`] holder name); 0: nobody.
+    holder: u64,
+    /// Past this (ms) the lease is free again, whoever held it.
+    until_ms: u64,
+    /// Consecutive failed fetches of the URI, whichever root ran them.
+    failures: u32,
+    /// No fetch before this (ms): the backoff after the last failure.
+    retry_at_ms: u64,
+}
+
+fn lease_key(uri: &str) -> String {
+    format!("claimgate.jwks.lease.v1 {uri}")
+}
+
+/// What a root whose fetch is due does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Fetch: the lease is taken (or shared data cannot be used: fetch as if alone).
+    Fetch,
+    /// Another root is fetching: poll again at the next tick.
+    Wait,
+    /// Another root's fetch failed: back off with its count until `retry_at_ms`.
+    BackOff { failures: u32, retry_at_ms: u64 },
+}
+
+/// Tries to take the URI's fetch lease for `lease_ms`.
+fn take_turn(host: &dyn Host, uri: &str, holder: u64, now_ms: u64, lease_ms: u64) -> Turn {
+    let key = lease_key(uri);
+    // A few tries: each lost compare-and-swap means another root moved first, and the next
+    // read sees what it did.
+    for _ in 0..4 {
+        let Ok((bytes, cas)) = host.shared_data_cas(&key) else {
+            return Turn::Fetch;
         };
-        let Ok(Some(bytes)) = host.shared_data(&kept_key(&remote.uri)) else {
-            continue;
-        };
-        let Ok(kept) = serde_json::from_slice::<KeptKeys>(&bytes) else {
-            continue;
-        };
-        if kept.keys.is_empty() || kept.keys.len() > MAX_JWKS_KEYS {
-            continue;
+        // Unreadable (another build's format): free.
+        let lease: Lease = bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if lease.holder != 0 && now_ms < lease.until_ms {
+            return Turn::Wait;
         }
-        let keys = KeySet::for_issuer(config, &kept.keys);
-        if keys.is_empty() {
-            continue;
+        if now_ms < lease.retry_at_ms {
+            return Turn::BackOff {
+                failures: lease.failures,
+                retry_at_ms: lease.retry_at_ms,
+            };
         }
-        let age_s = now_ms.saturating_sub(kept.fetched_at_ms) / 1000;
-        log::info!(
-            "claimgate: issuer `{}`: {} keys from the previous configuration (fetched {age_s} s ago)",
-            bounded(&config.name, 64),
-            keys.len()
-        );
-        s.fetched_keys.insert(issuer, kept.keys);
-        s.remote.set(issuer, keys);
-        s.scheduler.succeeded(
-            issuer,
-            kept.fetched_at_ms.min(now_ms),
-            refresh_ms(Some(config)),
-        );
+        let taken = Lease {
+            holder,
+            until_ms: now_ms.saturating_add(lease_ms),
+            ..lease
+        };
+        let Ok(value) = serde_json::to_vec(&taken) else {
+            return Turn::Fetch;
+        };
+        match host.set_shared_data_cas(&key, &value, cas) {
+            Ok(()) => return Turn::Fetch,
+            Err(error) if error == CAS_MISMATCH => continue,
+            Err(_) => return Turn::Fetch,
+        }
+    }
+    Turn::Wait
+}
+
+/// Gives the URI's lease back after this root's fetch: with the failure count and the
+/// backoff it ends in (both zero after a success). Left alone when another root holds it
+/// now (this root's fetch ran past its lease).
+fn release_lease(host: &dyn Host, uri: &str, holder: u64, failures: u32, retry_at_ms: u64) {
+    let key = lease_key(uri);
+    for _ in 0..4 {
+        let Ok((bytes, cas)) = host.shared_data_cas(&key) else {
+            return;
+        };
+        let lease: Lease = bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if lease.holder != holder && lease.holder != 0 {
+            return;
+        }
+        let released = Lease {
+            holder: 0,
+            until_ms: 0,
+            failures,
+            retry_at_ms,
+        };
+        let Ok(value) = serde_json::to_vec(&released) else {
+            return;
+        };
+        match host.set_shared_data_cas(&key, &value, cas) {
+            Err(error) if error == CAS_MISMATCH => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Records a failed fetch of this root's: local backoff, then the lease carries it to the
+/// other roots.
+fn fetch_failed(host: &dyn Host, s: &mut Shared, issuer: usize, now_ms: u64) {
+    s.metrics.bump(host, Counter::JwksFetchFailure);
+    let config = s.engine.policy().issuers.get(issuer).cloned();
+    s.scheduler
+        .failed(issuer, now_ms, refresh_ms(config.as_ref()));
+    if let Some(remote) = config.as_ref().and_then(|c| c.remote_jwks.as_ref()) {
+        let (failures, retry_at_ms) = s.scheduler.backoff_state(issuer);
+        release_lease(host, &remote.uri, s.scheduler.holder, failures, retry_at_ms);
+    }
+}
+
+/// The root is done (its policy replaced or removed): gives back the leases of its fetches
+/// still under way, so another root takes over at once instead of when the lease runs out.
+pub fn release_leases(host: &dyn Host, shared: &RefCell<Shared>) {
+    let s = shared.borrow();
+    for (issuer, config) in s.engine.remote_issuers() {
+        let in_flight = s
+            .scheduler
+            .get(issuer)
+            .is_some_and(|f| f.in_flight.is_some());
+        if let (true, Some(remote)) = (in_flight, config.remote_jwks.as_ref()) {
+            let (failures, _) = s.scheduler.backoff_state(issuer);
+            release_lease(host, &remote.uri, s.scheduler.holder, failures, 0);
+        }
     }
 }
 
 // === Fetching ===
 
-/// Starts every fetch that is due. Call only from root callbacks (see the module docs).
+/// Starts every fetch that is due (adopting another root's newer set instead where there is
+/// one, waiting where another root is fetching). Call only from root callbacks (see the
+/// module docs).
 pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
+    let mut waiting = false;
     for issuer in s.scheduler.due(now_ms) {
-        let Some(config) = s
-            .engine
+        let engine = s.engine.clone();
+        let Some(config) = engine
             .policy()
             .issuers
             .get(issuer)
@@ -292,6 +537,30 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
         else {
             continue;
         };
+        if adopt_newer(host, s, issuer, now_ms) {
+            continue;
+        }
+        let lease_ms = config.timeout_ms.saturating_add(DEADLINE_MARGIN_MS);
+        match take_turn(host, &config.uri, s.scheduler.holder, now_ms, lease_ms) {
+            Turn::Wait => {
+                s.scheduler.wait_for_peer(issuer);
+                waiting = true;
+                continue;
+            }
+            Turn::BackOff {
+                failures,
+                retry_at_ms,
+            } => {
+                s.scheduler.peer_failed(issuer, failures, retry_at_ms);
+                continue;
+            }
+            Turn::Fetch => {}
+        }
+        // The lease was free because the holder just published and let go: its set serves.
+        if adopt_newer(host, s, issuer, now_ms) {
+            release_lease(host, &config.uri, s.scheduler.holder, 0, 0);
+            continue;
+        }
         let name = issuer_name(&s.engine, issuer);
         // The compiler checked the URL with the same parser.
         let dispatched = HttpEndpoint::parse(&config.uri)
@@ -307,20 +576,24 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
                     .map_err(|e| e.to_string())
             });
         match dispatched {
-            Ok(token) => s
-                .scheduler
-                .started(issuer, token, now_ms, config.timeout_ms),
+            Ok(token) => {
+                s.metrics.bump(host, Counter::JwksFetchStarted);
+                s.scheduler
+                    .started(issuer, token, now_ms, config.timeout_ms);
+            }
             Err(error) => {
                 log::warn!(
                     "claimgate: issuer `{name}`: cannot fetch JWKS {} via cluster `{}`: {error}",
                     config.uri,
                     config.cluster
                 );
-                s.metrics.bump(host, Counter::JwksFetchFailure);
-                s.scheduler
-                    .failed(issuer, now_ms, config.refresh_secs.saturating_mul(1000));
+                fetch_failed(host, s, issuer, now_ms);
             }
         }
+    }
+    // Held requests must not wait a whole regular tick for the other root's keys.
+    if waiting && !s.fast_tick && host.set_tick_period_ms(FAST_TICK_MS).is_ok() {
+        s.fast_tick = true;
     }
 }
 
@@ -334,9 +607,7 @@ pub fn reclaim_overdue(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -
             "claimgate: issuer `{}`: JWKS fetch got no answer before its deadline; reclaimed, keeping the last good keys",
             issuer_name(&s.engine, *issuer)
         );
-        s.metrics.bump(host, Counter::JwksFetchFailure);
-        let refresh = refresh_ms(s.engine.policy().issuers.get(*issuer));
-        s.scheduler.failed(*issuer, now_ms, refresh);
+        fetch_failed(host, s, *issuer, now_ms);
     }
     !overdue.is_empty()
 }
@@ -406,7 +677,6 @@ pub fn on_answer(
     let Some(config) = engine.policy().issuers.get(issuer) else {
         return true;
     };
-    let refresh = refresh_ms(Some(config));
     match read_answer(host, body_size) {
         Ok(jwks) => {
             if !jwks.skipped.is_empty() {
@@ -424,40 +694,28 @@ pub fn on_answer(
                     bounded(&jwks.skipped.to_string(), 1_000)
                 );
             }
-            // Keeps the issuer's HMAC secret beside the fetched keys.
-            let keys = KeySet::for_issuer(config, &jwks.keys);
-            let old = s.fetched_keys.get(&issuer);
-            let withdrawn = old.is_some_and(|old| old.iter().any(|k| !jwks.keys.contains(k)));
-            let added = old.is_none_or(|old| jwks.keys.iter().any(|k| !old.contains(k)));
-            // Tokens verified with a withdrawn key are checked again; failures are forgotten
-            // whenever the keys change (a new key may verify them).
-            if withdrawn {
-                s.cache.clear_verified();
-            }
-            if withdrawn || added {
-                s.cache.clear_failures();
-            }
-            log::info!(
-                "claimgate: issuer `{}`: {} keys fetched",
-                bounded(&config.name, 64),
-                keys.len()
-            );
+            // Published before the lease is let go: a root that takes the lease next finds
+            // this set and adopts it instead of fetching again.
             if let Some(remote) = &config.remote_jwks {
                 keep(host, &remote.uri, &jwks.keys, now_ms);
             }
-            s.fetched_keys.insert(issuer, jwks.keys);
-            s.remote.set(issuer, keys);
+            install(host, s, issuer, config, jwks.keys, now_ms);
+            log::info!(
+                "claimgate: issuer `{}`: {} keys fetched",
+                bounded(&config.name, 64),
+                s.remote.get(issuer).map_or(0, KeySet::len)
+            );
             s.metrics.bump(host, Counter::JwksFetchSuccess);
-            s.metrics.keys_fetched(host, issuer, now_ms);
-            s.scheduler.succeeded(issuer, now_ms, refresh);
+            if let Some(remote) = &config.remote_jwks {
+                release_lease(host, &remote.uri, s.scheduler.holder, 0, 0);
+            }
         }
         Err(error) => {
             log::warn!(
                 "claimgate: issuer `{}`: JWKS fetch failed ({error}); keeping the last good keys",
                 bounded(&config.name, 64)
             );
-            s.metrics.bump(host, Counter::JwksFetchFailure);
-            s.scheduler.failed(issuer, now_ms, refresh);
+            fetch_failed(host, s, issuer, now_ms);
         }
     }
     true
@@ -622,6 +880,219 @@ mod tests {
             answer(Some("200"), many.as_bytes()),
             Err(FetchError::Invalid(JwksError::TooManyKeys { count: 101 }))
         );
+    }
+
+    /// Four workers' roots on one Envoy: one VM each, one shared data between them (the mock
+    /// host's), configured at the same moment.
+    fn four_workers(host: &MockHost) -> Vec<std::rc::Rc<RefCell<Shared>>> {
+        (0..4)
+            .map(|_| crate::testing::configured(host, crate::testing::POLICY))
+            .collect()
+    }
+
+    fn deliver(host: &MockHost, root: &RefCell<Shared>, token: u32, status: &str, body: &str) {
+        host.enter(crate::testing::ROOT);
+        host.answer(Some(status), body.as_bytes());
+        crate::root::on_answer(host, root, token, body.len());
+    }
+
+    fn tick_all(host: &MockHost, roots: &[std::rc::Rc<RefCell<Shared>>]) {
+        for root in roots {
+            host.enter(crate::testing::ROOT);
+            crate::root::tick(host, root);
+        }
+    }
+
+    /// A stat as Envoy shows it: every VM that defines a name shares one stat.
+    fn envoy_stat(host: &MockHost, name: &str) -> u64 {
+        let state = host.state.borrow();
+        state
+            .metrics
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, _, value)| value)
+            .sum()
+    }
+
+    fn has_keys(root: &RefCell<Shared>) -> bool {
+        root.borrow().remote.get(0).is_some()
+    }
+
+    /// Issue 9 target 4: before, each worker's root fetched for itself (4 callouts here).
+    #[test]
+    fn four_workers_fetch_once_per_refresh_and_the_others_adopt() {
+        use crate::testing::{Key, NOW_MS, jwks};
+        let host = MockHost::new(NOW_MS);
+        let roots = four_workers(&host);
+        let callouts = host.callouts();
+        assert_eq!(callouts.len(), 1, "one worker fetches, three wait");
+        let first = roots
+            .iter()
+            .filter(|r| r.borrow().scheduler.first_keys_pending(0));
+        assert_eq!(
+            first.count(),
+            4,
+            "requests of every worker may hold for the keys"
+        );
+        let fetcher = roots
+            .iter()
+            .find(|r| {
+                r.borrow()
+                    .scheduler
+                    .get(0)
+                    .is_some_and(|f| f.in_flight.is_some())
+            })
+            .unwrap()
+            .clone();
+        assert_eq!(host.state.borrow().tick_period_ms, Some(FAST_TICK_MS));
+        let key = Key::new("k1");
+        deliver(&host, &fetcher, callouts[0].token, "200", &jwks(&[&key]));
+        tick_all(&host, &roots);
+        assert!(
+            roots.iter().all(|r| has_keys(r)),
+            "every worker has the keys"
+        );
+        assert_eq!(host.callouts().len(), 1);
+        assert_eq!(envoy_stat(&host, "claimgate.jwks_fetch_started_total"), 1);
+        assert_eq!(envoy_stat(&host, "claimgate.jwks_adopted_total"), 3);
+        // A refresh period later: again one fetch for the four.
+        host.set_now(Some(NOW_MS + 600_000));
+        tick_all(&host, &roots);
+        assert_eq!(host.callouts().len(), 2);
+        let refresher = roots
+            .iter()
+            .find(|r| {
+                r.borrow()
+                    .scheduler
+                    .get(0)
+                    .is_some_and(|f| f.in_flight.is_some())
+            })
+            .unwrap()
+            .clone();
+        let rotated = Key::new("k2");
+        deliver(
+            &host,
+            &refresher,
+            host.callouts()[1].token,
+            "200",
+            &jwks(&[&rotated]),
+        );
+        host.set_now(Some(NOW_MS + 600_100));
+        tick_all(&host, &roots);
+        assert_eq!(host.callouts().len(), 2);
+        for root in &roots {
+            let s = root.borrow();
+            assert_eq!(s.fetched_keys.get(&0).map(Vec::len), Some(1));
+            assert!(s.fetched_keys.get(&0).unwrap()[0].kid.as_deref() == Some("k2"));
+        }
+    }
+
+    /// Seen in Envoy: a root configured on the main thread that never ticks took the lease,
+    /// and the workers waited for its fetch until the lease ran out.
+    #[test]
+    fn a_root_that_never_ticks_takes_no_lease() {
+        use crate::testing::{NOW_MS, POLICY, ROOT, plugin_config};
+        let host = MockHost::new(NOW_MS);
+        host.state.borrow_mut().config = Some(plugin_config(POLICY));
+        host.enter(ROOT);
+        let _silent = crate::root::configure(&host, ROOT).unwrap();
+        assert!(host.callouts().is_empty());
+        let roots = four_workers(&host);
+        assert_eq!(host.callouts().len(), 1);
+        assert!(roots.iter().any(|r| {
+            r.borrow()
+                .scheduler
+                .get(0)
+                .is_some_and(|f| f.in_flight.is_some())
+        }));
+    }
+
+    #[test]
+    fn a_holder_that_never_answers_is_replaced_when_its_lease_runs_out() {
+        use crate::testing::NOW_MS;
+        let host = MockHost::new(NOW_MS);
+        let roots = four_workers(&host);
+        assert_eq!(host.callouts().len(), 1);
+        let (waiting, holder): (Vec<_>, Vec<_>) = roots.iter().cloned().partition(|r| {
+            r.borrow()
+                .scheduler
+                .get(0)
+                .is_some_and(|f| f.in_flight.is_none())
+        });
+        assert_eq!(holder.len(), 1);
+        // The holder's VM is gone (it never ticks again); the lease is the timeout (5 s)
+        // plus the margin.
+        host.set_now(Some(NOW_MS + 5_000 + DEADLINE_MARGIN_MS - 1));
+        tick_all(&host, &waiting);
+        assert_eq!(host.callouts().len(), 1, "still the holder's");
+        host.set_now(Some(NOW_MS + 5_000 + DEADLINE_MARGIN_MS));
+        tick_all(&host, &waiting);
+        assert_eq!(
+            host.callouts().len(),
+            2,
+            "one of the others took over, once"
+        );
+    }
+
+    #[test]
+    fn a_failed_fetch_backs_every_worker_off_and_ends_their_wait() {
+        use crate::testing::NOW_MS;
+        let host = MockHost::new(NOW_MS);
+        let roots = four_workers(&host);
+        let fetcher = roots
+            .iter()
+            .find(|r| {
+                r.borrow()
+                    .scheduler
+                    .get(0)
+                    .is_some_and(|f| f.in_flight.is_some())
+            })
+            .unwrap()
+            .clone();
+        deliver(&host, &fetcher, host.callouts()[0].token, "503", "");
+        host.set_now(Some(NOW_MS + 10));
+        tick_all(&host, &roots);
+        for root in &roots {
+            let s = root.borrow();
+            assert!(
+                !s.scheduler.first_keys_pending(0),
+                "held requests are answered now"
+            );
+            assert_eq!(s.scheduler.backoff_state(0), (1, NOW_MS + BACKOFF_BASE_MS));
+        }
+        assert_eq!(host.callouts().len(), 1);
+        // The backoff ends: one retry for all.
+        host.set_now(Some(NOW_MS + BACKOFF_BASE_MS));
+        tick_all(&host, &roots);
+        assert_eq!(host.callouts().len(), 2);
+        let retrier = roots
+            .iter()
+            .find(|r| {
+                r.borrow()
+                    .scheduler
+                    .get(0)
+                    .is_some_and(|f| f.in_flight.is_some())
+            })
+            .unwrap()
+            .clone();
+        deliver(&host, &retrier, host.callouts()[1].token, "503", "");
+        host.set_now(Some(NOW_MS + BACKOFF_BASE_MS + 10));
+        tick_all(&host, &roots);
+        for root in &roots {
+            assert_eq!(
+                root.borrow().scheduler.backoff_state(0),
+                (2, NOW_MS + BACKOFF_BASE_MS + 2 * BACKOFF_BASE_MS),
+                "the backoff doubles per failure, whichever worker failed"
+            );
+        }
+    }
+
+    #[test]
+    fn without_usable_shared_data_each_root_fetches_for_itself() {
+        use crate::testing::NOW_MS;
+        let host = MockHost::new(NOW_MS).failing("shared_data");
+        let _roots = four_workers(&host);
+        assert_eq!(host.callouts().len(), 4);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum Counter {
     CacheMiss,
     /// A token refused from the negative cache, without verification.
     NegativeCacheHit,
+    /// A key set fetch dispatched (one per Envoy and refresh period when the workers share
+    /// their fetches, see `jwks`).
+    JwksFetchStarted,
+    /// A key set another worker's root fetched, installed from shared data.
+    JwksAdopted,
     /// A key set fetched and installed.
     JwksFetchSuccess,
     /// A key set fetch failed (status, body, timeout, dispatch, deadline).
@@ -43,7 +48,7 @@ pub enum Counter {
 }
 
 /// Every counter with its stat name: the one table.
-const COUNTERS: [(Counter, &str); 9] = [
+const COUNTERS: [(Counter, &str); 11] = [
     (Counter::Allowed, "claimgate.allowed_total"),
     (Counter::AuditWouldDeny, "claimgate.audit_would_deny_total"),
     (Counter::CacheHit, "claimgate.token_cache_hit_total"),
@@ -52,6 +57,11 @@ const COUNTERS: [(Counter, &str); 9] = [
         Counter::NegativeCacheHit,
         "claimgate.negative_cache_hit_total",
     ),
+    (
+        Counter::JwksFetchStarted,
+        "claimgate.jwks_fetch_started_total",
+    ),
+    (Counter::JwksAdopted, "claimgate.jwks_adopted_total"),
     (
         Counter::JwksFetchSuccess,
         "claimgate.jwks_fetch_success_total",

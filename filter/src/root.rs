@@ -1,4 +1,4 @@
-//! The root context's work: configure (decode the policy, start the first fetches), tick
+//! The root context's work: configure (decode the policy, adopt kept keys), tick
 //! (reclaim overdue fetches, dispatch due ones, release requests held too long) and callout
 //! answers (install keys, release held requests). Every JWKS callout starts here, never in a
 //! request (see `jwks`).
@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::host::Host;
-use crate::jwks::{self, TICK_MS};
+use crate::jwks::{self, FAST_TICK_MS, TICK_MS};
 use crate::request::{self, clock};
 use crate::state::Shared;
 
@@ -45,7 +45,14 @@ pub fn configure(host: &dyn Host, root_context: u32) -> Result<Rc<RefCell<Shared
     if let Some(now_ms) = clock(host) {
         shared.borrow_mut().last_clock_ms = now_ms;
         jwks::adopt_kept(host, &shared, now_ms);
-        jwks::dispatch_due(host, &shared, now_ms);
+        // The first fetches start at the first tick, moments from now, not here: Envoy
+        // configures roots that never tick (on its main thread), and one of those taking the
+        // fetch lease would leave every worker waiting for a fetch that never answers until
+        // the lease runs out.
+        let mut s = shared.borrow_mut();
+        if !s.scheduler.due(now_ms).is_empty() && host.set_tick_period_ms(FAST_TICK_MS).is_ok() {
+            s.fast_tick = true;
+        }
     }
     Ok(shared)
 }
@@ -98,6 +105,7 @@ pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
 /// The root context is done (its policy was replaced or removed).
 pub fn done(host: &dyn Host, shared: &RefCell<Shared>) {
     let now_ms = clock(host).unwrap_or_else(|| shared.borrow().last_clock_ms);
+    jwks::release_leases(host, shared);
     request::release_all_now(host, shared, now_ms);
 }
 

@@ -71,11 +71,14 @@ pub fn engine(policy: &str) -> Engine {
     claimgate_core::blob::engine_from_plugin_config(&plugin_config(policy)).unwrap()
 }
 
-/// A root configured on `host` with `policy`: the first fetch is dispatched.
+/// A root configured on `host` with `policy` and ticked once: the first fetch is
+/// dispatched (roots fetch from their first tick, see `root::configure`).
 pub fn configured(host: &MockHost, policy: &str) -> Rc<RefCell<Shared>> {
     host.state.borrow_mut().config = Some(plugin_config(policy));
     host.enter(ROOT);
-    crate::root::configure(host, ROOT).unwrap()
+    let shared = crate::root::configure(host, ROOT).unwrap();
+    crate::root::tick(host, &shared);
+    shared
 }
 
 /// Claims of a valid token for the policy, with overrides (`null` removes a claim).

@@ -50,6 +50,10 @@ pub struct State {
     pub trailers: HashMap<u32, RawHeaders>,
     /// The VM's shared data (share one `State` between two roots to model a push).
     pub shared_data: HashMap<String, Vec<u8>>,
+    /// The compare-and-swap version of each shared data key (bumped by every write).
+    pub shared_cas: HashMap<String, u32>,
+    /// The last version handed out.
+    pub last_cas: u32,
     /// The context calls act on.
     pub effective: u32,
     /// Local replies sent.
@@ -244,11 +248,30 @@ impl Host for MockHost {
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        self.set_shared_data_cas(key, value, 0)
+    }
+
+    fn shared_data_cas(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        self.check("shared_data")?;
+        let state = self.state.borrow();
+        Ok((
+            state.shared_data.get(key).cloned(),
+            state.shared_cas.get(key).copied().unwrap_or(0),
+        ))
+    }
+
+    /// As Envoy: a write to an existing key with a stale non-zero version is refused.
+    fn set_shared_data_cas(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
         self.check("set_shared_data")?;
-        self.state
-            .borrow_mut()
-            .shared_data
-            .insert(key.to_owned(), value.to_vec());
+        let mut state = self.state.borrow_mut();
+        let current = state.shared_cas.get(key).copied();
+        if cas != 0 && current.is_some_and(|current| current != cas) {
+            return Err(super::CAS_MISMATCH);
+        }
+        state.last_cas = state.last_cas.wrapping_add(1).max(1);
+        let next = state.last_cas;
+        state.shared_cas.insert(key.to_owned(), next);
+        state.shared_data.insert(key.to_owned(), value.to_vec());
         Ok(())
     }
 

@@ -40,6 +40,9 @@ impl fmt::Display for HostError {
     }
 }
 
+/// The proxy-wasm status of a shared-data write whose compare-and-swap version is stale.
+pub const CAS_MISMATCH: HostError = HostError::Status(8);
+
 /// Metric kinds the filter defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -71,6 +74,12 @@ pub trait Host {
     fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
     /// Sets a value of the VM's shared data.
     fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// A value of the VM's shared data with its compare-and-swap version (`0` when absent).
+    fn shared_data_cas(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError>;
+    /// Sets a value of the VM's shared data only if its version is still `cas` (`0`: in any
+    /// case); [`CAS_MISMATCH`] when another writer came first. A key that does not exist yet
+    /// is always written (the host has no create-if-absent).
+    fn set_shared_data_cas(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError>;
     /// The request trailers of the current context.
     fn request_trailers(&self) -> Result<RawHeaders, HostError>;
     /// Removes every value of a request trailer.

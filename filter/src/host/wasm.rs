@@ -293,18 +293,18 @@ mod raw {
         (status, token)
     }
 
-    pub fn get_shared(key: &str) -> (u32, Option<Vec<u8>>) {
+    pub fn get_shared(key: &str) -> (u32, Option<Vec<u8>>, u32) {
         let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
         // SAFETY: a live `str` and out-pointers to live locals.
         let status = unsafe {
             proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
         };
-        (status, owned(data, size))
+        (status, owned(data, size), cas)
     }
 
-    pub fn set_shared(key: &str, value: &[u8]) -> u32 {
+    pub fn set_shared(key: &str, value: &[u8], cas: u32) -> u32 {
         // SAFETY: live slices; cas 0 = unconditional.
-        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) }
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
     }
 
     pub fn call_foreign(name: &str, arguments: &[u8]) -> (u32, Option<Vec<u8>>) {
@@ -383,10 +383,10 @@ mod raw {
     pub fn http_call(_: &str, _: &[u8], _: &[u8], _: u32) -> (u32, u32) {
         (NO_HOST, 0)
     }
-    pub fn get_shared(_: &str) -> (u32, Option<Vec<u8>>) {
-        (NO_HOST, None)
+    pub fn get_shared(_: &str) -> (u32, Option<Vec<u8>>, u32) {
+        (NO_HOST, None, 0)
     }
-    pub fn set_shared(_: &str, _: &[u8]) -> u32 {
+    pub fn set_shared(_: &str, _: &[u8], _: u32) -> u32 {
         NO_HOST
     }
     pub fn call_foreign(_: &str, _: &[u8]) -> (u32, Option<Vec<u8>>) {
@@ -442,12 +442,21 @@ impl Host for WasmHost {
     }
 
     fn shared_data(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        let (code, data) = raw::get_shared(key);
+        let (code, data, _) = raw::get_shared(key);
         optional(code, data)
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        status(raw::set_shared(key, value))
+        status(raw::set_shared(key, value, 0))
+    }
+
+    fn shared_data_cas(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        let (code, data, cas) = raw::get_shared(key);
+        Ok((optional(code, data)?, cas))
+    }
+
+    fn set_shared_data_cas(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+        status(raw::set_shared(key, value, cas))
     }
 
     fn request_trailers(&self) -> Result<RawHeaders, HostError> {
