@@ -52,6 +52,8 @@ pub struct DecodedToken<'a> {
     /// kept because the verifier refuses a token whose `salt` is not base64url, and an HMAC
     /// token that names one.
     pub salt: Option<String>,
+    /// The signature, decoded once here (a signature host is given these bytes).
+    pub signature: Vec<u8>,
     /// The payload, NumericDates in whole seconds.
     pub claims: Map<String, Value>,
 }
@@ -67,6 +69,7 @@ impl DecodedToken<'static> {
             kid: None,
             typ: None,
             salt: None,
+            signature: Vec::new(),
             claims,
         })
     }
@@ -128,11 +131,9 @@ pub fn decode(raw: &str) -> Result<DecodedToken<'_>, DenyReason> {
     };
     let header = decode_part(header, "header")?;
     let mut claims = decode_part(payload, "payload")?;
-    if URL_SAFE_NO_PAD.decode(signature).is_err() {
-        return Err(DenyReason::Malformed(Malformed::BadBase64 {
-            part: "signature",
-        }));
-    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| DenyReason::Malformed(Malformed::BadBase64 { part: "signature" }))?;
     check_header(&header)?;
     let alg = header
         .get("alg")
@@ -152,6 +153,7 @@ pub fn decode(raw: &str) -> Result<DecodedToken<'_>, DenyReason> {
         kid,
         typ,
         salt,
+        signature,
         claims,
     })
 }
@@ -337,7 +339,7 @@ pub(crate) fn verify_with_issuer(
     let mut signature_ok = false;
     let mut last_error = None;
     for candidate in candidates {
-        let answer = match ask_host(host, alg, &candidate, parts.as_ref()) {
+        let answer = match ask_host(host, alg, &candidate, parts) {
             Some(true) => Ok(()),
             Some(false) => Err(DenyReason::BadSignature),
             None => verify_pure(token, &candidate),
@@ -363,7 +365,7 @@ pub(crate) fn verify_with_issuer(
 
 /// The signing input (the first two parts, bytes as received) and the decoded signature, as
 /// a host is given them; `None` when the pure path alone must decide.
-fn host_parts<'t>(token: &'t DecodedToken<'_>) -> Option<(&'t [u8], Vec<u8>)> {
+fn host_parts<'t>(token: &'t DecodedToken<'_>) -> Option<(&'t [u8], &'t [u8])> {
     // The pure path refuses a token whose `salt` is not base64url, whatever the key: such a
     // token is never offered to a host, which knows nothing of it.
     if token
@@ -373,11 +375,8 @@ fn host_parts<'t>(token: &'t DecodedToken<'_>) -> Option<(&'t [u8], Vec<u8>)> {
     {
         return None;
     }
-    let (signing_input, encoded) = token.raw.rsplit_once('.')?;
-    // The same strict decoder `decode` accepted this part with (no padding, canonical last
-    // character), so this does not fail.
-    let signature = URL_SAFE_NO_PAD.decode(encoded).ok()?;
-    Some((signing_input.as_bytes(), signature))
+    let (signing_input, _) = token.raw.rsplit_once('.')?;
+    Some((signing_input.as_bytes(), &token.signature))
 }
 
 /// The host's answer for one candidate key, or `None` when the host is not asked: no host,
@@ -387,7 +386,7 @@ fn ask_host(
     host: Option<&dyn SignatureHost>,
     alg: Algorithm,
     candidate: &Candidate<'_>,
-    parts: Option<&(&[u8], Vec<u8>)>,
+    parts: Option<(&[u8], &[u8])>,
 ) -> Option<bool> {
     let host = host?;
     let (signing_input, signature) = parts?;
