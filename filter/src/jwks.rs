@@ -523,10 +523,15 @@ pub fn release_leases(host: &dyn Host, shared: &RefCell<Shared>) {
 /// Starts every fetch that is due (adopting another root's newer set instead where there is
 /// one, waiting where another root is fetching). Call only from root callbacks (see the
 /// module docs).
-pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
+///
+/// True when an issuer's wait ended here without a fetch of this root's: it adopted another
+/// root's set or backs off after another root's failure. Requests held for that issuer's keys
+/// must then be decided now; no answer of this root's will release them.
+pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> bool {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
     let mut waiting = false;
+    let mut settled = false;
     for issuer in s.scheduler.due(now_ms) {
         let engine = s.engine.clone();
         let Some(config) = engine
@@ -538,6 +543,7 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
             continue;
         };
         if adopt_newer(host, s, issuer, now_ms) {
+            settled = true;
             continue;
         }
         let lease_ms = config.timeout_ms.saturating_add(DEADLINE_MARGIN_MS);
@@ -552,6 +558,7 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
                 retry_at_ms,
             } => {
                 s.scheduler.peer_failed(issuer, failures, retry_at_ms);
+                settled = true;
                 continue;
             }
             Turn::Fetch => {}
@@ -559,6 +566,7 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
         // The lease was free because the holder just published and let go: its set serves.
         if adopt_newer(host, s, issuer, now_ms) {
             release_lease(host, &config.uri, s.scheduler.holder, 0, 0);
+            settled = true;
             continue;
         }
         let name = issuer_name(&s.engine, issuer);
@@ -595,6 +603,7 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     if waiting && !s.fast_tick && host.set_tick_period_ms(FAST_TICK_MS).is_ok() {
         s.fast_tick = true;
     }
+    settled
 }
 
 /// Reclaims fetches past their deadline; true when one was (held requests then re-decide).
@@ -1085,6 +1094,95 @@ mod tests {
                 "the backoff doubles per failure, whichever worker failed"
             );
         }
+    }
+
+    /// Two roots with `k1`, then root 0 refreshing (holding the lease) while root 1 holds
+    /// request 7, whose token names `k2`, waiting for root 0's fetch.
+    fn a_request_held_for_a_peers_refresh() -> (
+        MockHost,
+        Vec<std::rc::Rc<RefCell<Shared>>>,
+        crate::testing::Key,
+    ) {
+        use crate::testing::{Key, NOW_MS, claims, jwks, request, run};
+        let host = MockHost::new(NOW_MS);
+        let roots: Vec<_> = (0..2)
+            .map(|_| crate::testing::configured(&host, crate::testing::POLICY))
+            .collect();
+        let first = host.callouts()[0].token;
+        let fetcher = roots
+            .iter()
+            .position(|r| {
+                r.borrow()
+                    .scheduler
+                    .get(0)
+                    .is_some_and(|f| f.in_flight.is_some())
+            })
+            .unwrap();
+        deliver(
+            &host,
+            &roots[fetcher],
+            first,
+            "200",
+            &jwks(&[&Key::new("k1")]),
+        );
+        tick_all(&host, &roots);
+        assert!(roots.iter().all(|r| has_keys(r)));
+        let roots = vec![roots[fetcher].clone(), roots[1 - fetcher].clone()];
+        host.set_now(Some(NOW_MS + 600_000));
+        tick_all(&host, &roots[..1]);
+        assert_eq!(host.callouts().len(), 2, "root 0 refreshes");
+        let k2 = Key::new("k2");
+        let token = k2.mint(&claims(&[]));
+        host.enter(7);
+        assert_eq!(
+            run(&host, &roots[1], 7, &request("/score", Some(&token))),
+            crate::request::Verdict::Held
+        );
+        host.set_now(Some(NOW_MS + 600_020));
+        tick_all(&host, &roots[1..]);
+        assert!(roots[1].borrow().scheduler.get(0).unwrap().waiting_for_peer);
+        assert_eq!(host.callouts().len(), 2, "root 1 waits for root 0's fetch");
+        (host, roots, k2)
+    }
+
+    /// Seen in CI (Envoy 1.36, a slow IdP): a request held on a root waiting for another
+    /// root's fetch stayed held until the hold limit (10 s) after that fetch failed, instead
+    /// of being answered when the failure was known.
+    #[test]
+    fn a_peers_failed_fetch_answers_the_requests_held_for_it() {
+        let (host, roots, _) = a_request_held_for_a_peers_refresh();
+        let refresh = host.callouts()[1].token;
+        deliver(&host, &roots[0], refresh, "503", "");
+        host.set_now(Some(crate::testing::NOW_MS + 600_040));
+        tick_all(&host, &roots[1..]);
+        let reply = host.replies().into_iter().find(|r| r.context == 7);
+        let reply = reply.expect("answered at the tick that learns of the failure");
+        assert_eq!(reply.status, 401);
+        assert!(reply.body.contains("unknown_key"), "{}", reply.body);
+        assert_eq!(roots[1].borrow().held.len(), 0);
+    }
+
+    #[test]
+    fn a_set_adopted_from_a_peer_releases_the_requests_held_for_it() {
+        use crate::testing::{Key, jwks};
+        let (host, roots, k2) = a_request_held_for_a_peers_refresh();
+        let refresh = host.callouts()[1].token;
+        deliver(
+            &host,
+            &roots[0],
+            refresh,
+            "200",
+            &jwks(&[&Key::new("k1"), &k2]),
+        );
+        host.set_now(Some(crate::testing::NOW_MS + 600_040));
+        tick_all(&host, &roots[1..]);
+        assert_eq!(
+            host.state.borrow().resumed,
+            vec![7],
+            "resumed with the adopted keys"
+        );
+        assert!(host.replies().iter().all(|r| r.context != 7));
+        assert_eq!(roots[1].borrow().held.len(), 0);
     }
 
     #[test]

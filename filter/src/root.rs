@@ -84,8 +84,8 @@ pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
         s.clock_failing = false;
     }
     let reclaimed = jwks::reclaim_overdue(host, shared, now_ms);
-    jwks::dispatch_due(host, shared, now_ms);
-    if reclaimed {
+    let settled = jwks::dispatch_due(host, shared, now_ms);
+    if reclaimed || settled {
         request::release_held(host, shared, now_ms, false);
     }
     request::release_held(host, shared, now_ms, true);
