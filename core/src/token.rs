@@ -17,8 +17,6 @@ mod json;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_simple::JWTError;
-use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use serde_json::{Map, Value};
 
 use crate::algorithm::Algorithm;
@@ -335,14 +333,14 @@ pub(crate) fn verify_with_issuer(
         )
     });
 
-    let parts = host.and_then(|_| host_parts(token));
+    let parts = SignedParts::of(token);
     let mut signature_ok = false;
     let mut last_error = None;
     for candidate in candidates {
-        let answer = match ask_host(host, alg, &candidate, parts) {
+        let answer = match ask_host(host, alg, &candidate, &parts) {
             Some(true) => Ok(()),
             Some(false) => Err(DenyReason::BadSignature),
-            None => verify_pure(token, &candidate),
+            None => verify_pure(&parts, &candidate),
         };
         match answer {
             Ok(()) => {
@@ -363,36 +361,45 @@ pub(crate) fn verify_with_issuer(
     check_claims(token, issuer, now, trace)
 }
 
-/// The signing input (the first two parts, bytes as received) and the decoded signature, as
-/// a host is given them; `None` when the pure path alone must decide.
-fn host_parts<'t>(token: &'t DecodedToken<'_>) -> Option<(&'t [u8], &'t [u8])> {
-    // The pure path refuses a token whose `salt` is not base64url, whatever the key: such a
-    // token is never offered to a host, which knows nothing of it.
-    if token
-        .salt
-        .as_deref()
-        .is_some_and(|salt| URL_SAFE_NO_PAD.decode(salt).is_err())
-    {
-        return None;
+/// What is checked of a token's signature, taken apart once for every candidate key.
+struct SignedParts<'t> {
+    /// The first two parts, bytes as received.
+    signing_input: &'t [u8],
+    /// The third part, as `decode` base64url-decoded it.
+    signature: &'t [u8],
+    /// The header's `salt`, if any, and whether it is base64url.
+    salt: Option<bool>,
+}
+
+impl<'t> SignedParts<'t> {
+    fn of(token: &'t DecodedToken<'_>) -> Self {
+        let (signing_input, _) = token.raw.rsplit_once('.').unwrap_or((token.raw, ""));
+        SignedParts {
+            signing_input: signing_input.as_bytes(),
+            signature: &token.signature,
+            salt: token
+                .salt
+                .as_deref()
+                .map(|salt| URL_SAFE_NO_PAD.decode(salt).is_ok()),
+        }
     }
-    let (signing_input, _) = token.raw.rsplit_once('.')?;
-    Some((signing_input.as_bytes(), &token.signature))
 }
 
 /// The host's answer for one candidate key, or `None` when the host is not asked: no host,
-/// an algorithm never offered to one ([`offered_to_host`]), a key it cannot read, or a
-/// signature of a length no valid one has (the pure path refuses that one itself).
+/// an algorithm never offered to one ([`offered_to_host`]), a key it cannot read, or a token
+/// the pure path refuses whatever the key (a signature of a length no valid one has, a `salt`
+/// that is not base64url): the pure path refuses those itself.
 fn ask_host(
     host: Option<&dyn SignatureHost>,
     alg: Algorithm,
     candidate: &Candidate<'_>,
-    parts: Option<(&[u8], &[u8])>,
+    parts: &SignedParts<'_>,
 ) -> Option<bool> {
     let host = host?;
-    let (signing_input, signature) = parts?;
-    if !offered_to_host(alg) || !candidate.host_key.is_usable() {
+    if !offered_to_host(alg) || !candidate.host_key.is_usable() || parts.salt == Some(false) {
         return None;
     }
+    let signature = parts.signature;
     let expected_len = match alg {
         Algorithm::ES256 => 64,
         Algorithm::ES384 => 96,
@@ -401,46 +408,28 @@ fn ask_host(
     if signature.len() != expected_len {
         return None;
     }
-    host.verify(alg, candidate.host_key, signing_input, signature)
+    host.verify(alg, candidate.host_key, parts.signing_input, signature)
 }
 
-/// The pure-Rust signature check of one candidate key.
-fn verify_pure(token: &DecodedToken<'_>, candidate: &Candidate<'_>) -> Result<(), DenyReason> {
-    // jwt-simple verifies the signature; the time checks are ours (`check_times`), because
-    // they must report exact figures and because the library treats `now < skew` as expired.
-    // Its own time checks are given the clock 0 with no tolerance, at which none can fail
-    // (`0 >= 0 && 0 <= exp`; `nbf`/`iat` skipped by `accept_future`).
-    let options = VerificationOptions {
-        artificial_time: Some(UnixTimeStamp::from_secs(0)),
-        time_tolerance: Some(Duration::from_secs(0)),
-        accept_future: true,
-        max_token_length: Some(MAX_TOKEN_LEN),
-        max_header_length: Some(MAX_TOKEN_LEN),
-        // `decode` accepted this `typ` (`is_jwt_type`, which knows the `application/` prefix
-        // of RFC 7515 §4.1.9) and `check_token_type` matched it against the issuer's list;
-        // requiring the token's own `typ` stops the library refusing `application/jwt`.
-        required_signature_type: token.typ.clone(),
-        ..VerificationOptions::default()
-    };
-    candidate
-        .verifier
-        .verify(token.raw, options)
-        .map(|_| ())
-        .map_err(|error| match error.downcast_ref::<JWTError>() {
-            // A signature of the wrong length or encoding is a bad signature too.
-            Some(
-                JWTError::InvalidSignature
-                | JWTError::InvalidAuthenticationTag
-                | JWTError::InvalidPublicKey,
-            ) => DenyReason::BadSignature,
-            Some(other) => malformed(other.to_string()),
-            // `decode` checked every member the library reads, so this cannot be
-            // the token's JSON; still, a decoding failure is not a bad signature.
-            None if error.downcast_ref::<serde_json::Error>().is_some() => {
-                malformed("the verifier cannot read the token's JSON")
-            }
-            None => DenyReason::BadSignature,
-        })
+/// The pure-Rust signature check of one candidate key. Its refusals, in order, are the ones
+/// jwt-simple's `verify_token` had (proven in `tests/signature_parity.rs`): an HMAC secret too
+/// short to use, a `salt` that is not base64url (a bad signature), any `salt` on an HMAC
+/// token (no secret here is salted), then the signature itself.
+fn verify_pure(parts: &SignedParts<'_>, candidate: &Candidate<'_>) -> Result<(), DenyReason> {
+    let verifier = candidate.verifier;
+    if verifier.is_weak_secret() {
+        return Err(malformed(crate::keys::WEAK_KEY));
+    }
+    match parts.salt {
+        Some(false) => return Err(DenyReason::BadSignature),
+        Some(true) if verifier.algorithm().is_hmac() => return Err(malformed("Missing salt")),
+        _ => {}
+    }
+    if verifier.verify(parts.signing_input, parts.signature) {
+        Ok(())
+    } else {
+        Err(DenyReason::BadSignature)
+    }
 }
 
 /// The issuer's `token_types`, checked before any key is looked for: telling an ID token from
