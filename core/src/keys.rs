@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::algorithm::{Algorithm, KeyFamily};
 use crate::compiled::CompiledIssuer;
+use crate::rsa_verify::{RsaHash, RsaKey};
 use crate::signature::HostKey;
 
 /// Largest key set accepted, in bytes: real ones are a few KiB.
@@ -556,15 +557,15 @@ pub struct Verifier {
     key: VerifyingKey,
 }
 
-/// The key of a [`Verifier`], in the form its algorithm's crate verifies with.
+/// The key of a [`Verifier`], in the form its algorithm's code verifies with.
 #[derive(Clone)]
 enum VerifyingKey {
-    Rs256(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
-    Rs384(rsa::pkcs1v15::VerifyingKey<sha2::Sha384>),
-    Rs512(rsa::pkcs1v15::VerifyingKey<sha2::Sha512>),
-    Ps256(rsa::pss::VerifyingKey<sha2::Sha256>),
-    Ps384(rsa::pss::VerifyingKey<sha2::Sha384>),
-    Ps512(rsa::pss::VerifyingKey<sha2::Sha512>),
+    /// RS256/384/512 (`pss` false) and PS256/384/512 (`pss` true).
+    Rsa {
+        key: RsaKey,
+        hash: RsaHash,
+        pss: bool,
+    },
     Es256(p256::ecdsa::VerifyingKey),
     Es384(p384::ecdsa::VerifyingKey),
     EdDsa(ed25519_compact::PublicKey),
@@ -598,33 +599,17 @@ impl Verifier {
                     return Err(mismatch);
                 }
                 check_rsa_key(n, e)?;
-                let public = rsa::RsaPublicKey::new(
-                    rsa::BigUint::from_bytes_be(n),
-                    rsa::BigUint::from_bytes_be(e),
-                )
-                .map_err(|_| invalid())?;
-                // PSS salts are as long as the hash (RFC 7518 §3.5), nothing else.
-                match alg {
-                    Algorithm::RS256 => {
-                        VerifyingKey::Rs256(rsa::pkcs1v15::VerifyingKey::new(public))
-                    }
-                    Algorithm::RS384 => {
-                        VerifyingKey::Rs384(rsa::pkcs1v15::VerifyingKey::new(public))
-                    }
-                    Algorithm::RS512 => {
-                        VerifyingKey::Rs512(rsa::pkcs1v15::VerifyingKey::new(public))
-                    }
-                    Algorithm::PS256 => {
-                        VerifyingKey::Ps256(rsa::pss::VerifyingKey::new_with_salt_len(public, 32))
-                    }
-                    Algorithm::PS384 => {
-                        VerifyingKey::Ps384(rsa::pss::VerifyingKey::new_with_salt_len(public, 48))
-                    }
-                    Algorithm::PS512 => {
-                        VerifyingKey::Ps512(rsa::pss::VerifyingKey::new_with_salt_len(public, 64))
-                    }
+                let key = RsaKey::new(n, e).ok_or_else(invalid)?;
+                let (hash, pss) = match alg {
+                    Algorithm::RS256 => (RsaHash::Sha256, false),
+                    Algorithm::RS384 => (RsaHash::Sha384, false),
+                    Algorithm::RS512 => (RsaHash::Sha512, false),
+                    Algorithm::PS256 => (RsaHash::Sha256, true),
+                    Algorithm::PS384 => (RsaHash::Sha384, true),
+                    Algorithm::PS512 => (RsaHash::Sha512, true),
                     _ => return Err(mismatch),
-                }
+                };
+                VerifyingKey::Rsa { key, hash, pss }
             }
             (
                 KeyMaterial::Ec {
@@ -678,29 +663,17 @@ impl Verifier {
     /// token's first two parts as received). A signature of the wrong length or encoding is
     /// simply not valid. HMAC tags are compared in constant time.
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
-        use rsa::signature::Verifier as _;
-
-        let rsa_pkcs1 = || rsa::pkcs1v15::Signature::try_from(signature).ok();
-        let rsa_pss = || rsa::pss::Signature::try_from(signature).ok();
         match &self.key {
-            VerifyingKey::Rs256(key) => {
-                rsa_pkcs1().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            VerifyingKey::Rs384(key) => {
-                rsa_pkcs1().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            VerifyingKey::Rs512(key) => {
-                rsa_pkcs1().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            VerifyingKey::Ps256(key) => {
-                rsa_pss().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            VerifyingKey::Ps384(key) => {
-                rsa_pss().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
-            VerifyingKey::Ps512(key) => {
-                rsa_pss().is_some_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
+            VerifyingKey::Rsa {
+                key,
+                hash,
+                pss: false,
+            } => key.verify_pkcs1v15(*hash, signing_input, signature),
+            VerifyingKey::Rsa {
+                key,
+                hash,
+                pss: true,
+            } => key.verify_pss(*hash, signing_input, signature),
             VerifyingKey::Es256(key) => {
                 use p256::ecdsa::signature::Verifier as _;
                 p256::ecdsa::Signature::from_slice(signature)

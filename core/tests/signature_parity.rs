@@ -7,9 +7,10 @@
 )]
 //! The signature paths agree.
 //!
-//! - The pure-Rust path (raw `rsa`, `p256`/`p384`, `ed25519-compact`, `hmac` checks) accepts and
-//!   refuses exactly the tokens jwt-simple's `verify_token` did, with the same reasons: on the
-//!   shared conformance vectors (read in place) and on random keys × tokens × tamperings.
+//! - The pure-Rust path (`rsa_verify`, `p256`/`p384`, `ed25519-compact`, `hmac` checks)
+//!   accepts and refuses exactly the tokens jwt-simple's `verify_token` did, with the same
+//!   reasons: on the shared conformance vectors (read in place) and on random keys × tokens ×
+//!   tamperings.
 //! - It accepts exactly the keys jwt-simple accepted, with the same diagnostics.
 //! - A [`SignatureHost`] installed on the engine is asked about RS*/ES* keys in their DER
 //!   form, and decides them.
