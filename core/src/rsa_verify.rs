@@ -537,3 +537,93 @@ fn mgf1_xor(hash: RsaHash, seed: &[u8], target: &mut [u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod attack_montgomery {
+    //! Attack (issue 9 review): the Montgomery arithmetic against num-bigint-dig's modpow on
+    //! adversarial limb patterns (all-ones limbs, n − 1, powers of two), where carries peak.
+    use super::*;
+    use rsa::BigUint;
+
+    fn check(n: &[u8], s: &[u8]) {
+        let key = RsaKey::new(n, &[1, 0, 1]).expect("odd modulus");
+        let mut sig = vec![0u8; key.modulus_len];
+        let offset = sig.len() - s.len();
+        sig[offset..].copy_from_slice(s);
+        let big_n = BigUint::from_bytes_be(n);
+        let big_s = BigUint::from_bytes_be(&sig);
+        let expected = big_s.modpow(&BigUint::from(65537u32), &big_n).to_bytes_be();
+        let mut want = vec![0u8; key.modulus_len];
+        let o = want.len() - expected.len();
+        want[o..].copy_from_slice(&expected);
+        let got = key.public_operation(&sig);
+        assert_eq!(got.as_deref(), Some(&want[..]), "n={n:02x?} s={s:02x?}");
+    }
+
+    #[test]
+    fn adversarial_limbs_match_modpow() {
+        let mut moduli: Vec<Vec<u8>> = Vec::new();
+        for bytes in [256usize, 257, 259, 300, 384, 511, 512] {
+            moduli.push(vec![0xFF; bytes]); // 2^k − 1: every limb all ones
+            let mut m = vec![0xFF; bytes];
+            m[0] = 0x80;
+            *m.last_mut().unwrap() = 0x01;
+            moduli.push(m); // 2^(k−1) + small
+            let mut m = vec![0x00; bytes];
+            m[0] = 0x80;
+            *m.last_mut().unwrap() = 0x01;
+            moduli.push(m); // 2^(k−1) + 1
+            let mut m = vec![0xFF; bytes];
+            m[bytes / 2] = 0;
+            moduli.push(m);
+            let mut m = vec![0xFF; bytes];
+            for (i, b) in m.iter_mut().enumerate() {
+                if i % 4 == 0 {
+                    *b = 0x80;
+                }
+            }
+            *m.last_mut().unwrap() = 0xFF;
+            moduli.push(m);
+        }
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in &moduli {
+            let big_n = BigUint::from_bytes_be(n);
+            let one = BigUint::from(1u8);
+            let mut signatures: Vec<Vec<u8>> = vec![
+                (&big_n - &one).to_bytes_be(),
+                (&big_n - BigUint::from(2u8)).to_bytes_be(),
+                vec![1],
+                vec![2],
+                vec![0xFF; n.len() - 1],
+                (&big_n >> 1usize).to_bytes_be(),
+                ((&big_n >> 1usize) + &one).to_bytes_be(),
+            ];
+            for _ in 0..20 {
+                let mut s: Vec<u8> = (0..n.len())
+                    .map(|_| {
+                        let r = next();
+                        if r % 3 == 0 {
+                            0xFF
+                        } else if r % 3 == 1 {
+                            0x00
+                        } else {
+                            (r >> 8) as u8
+                        }
+                    })
+                    .collect();
+                let v = BigUint::from_bytes_be(&s) % &big_n;
+                s = v.to_bytes_be();
+                signatures.push(s);
+            }
+            for s in &signatures {
+                check(n, s);
+            }
+        }
+    }
+}
