@@ -133,7 +133,7 @@ def _targets(add, results, summary):
             continue
         r = ratio(s["claimgate"]["added"], s["native"]["added"])
         add(f"| 1. cold {alg}: CPU added over no filter ≤ {limit}× native | claimgate {fmt(s['claimgate']['added'])} µs, native {fmt(s['native']['added'])} µs | {verdict(r, limit)} |")
-    for name in ("warm-1", "warm-10k"):
+    for name in ("warm-1", "warm-10k", "warm-1-lean"):
         s = summary.get(name)
         if not s or not s["claimgate"]:
             continue
@@ -386,7 +386,7 @@ def _chart(results, scenarios, summary, chart_path):
         high = [summary[s["name"]][setup]["cpu_max"] - m for m, s in zip(med, rows)]
         ax.bar(xs, med, width, yerr=[low, high], capsize=2, label=setup, color=colours[setup])
     ax.set_xticks(range(len(rows)))
-    short = {"warm-1": "warm\n1 token", "warm-10k": "warm\n10k tokens", "garbage-kid": "garbage\nwith kid", "garbage-nokid": "garbage\nno kid"}
+    short = {"warm-1": "warm\n1 token", "warm-10k": "warm\n10k tokens", "warm-1-lean": "warm 1 token\nno filter state", "garbage-kid": "garbage\nwith kid", "garbage-nokid": "garbage\nno kid"}
     ax.set_xticklabels([short.get(s["name"], s["name"].replace("-", "\n", 1)) for s in rows], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("Envoy CPU µs per request (log)")

@@ -74,13 +74,13 @@ deny  = "anyone"
 class Proxy:
     """A sidecar-like Envoy with claimgate, Istio's log level, stats config and access log."""
 
-    def __init__(self, binary, work, istio_defaults_only=False):
+    def __init__(self, binary, work, istio_defaults_only=False, policy_text=POLICY):
         self.work = Path(work)
         self.keys = h.Keys(self.work)
         (self.work / "keycloak.jwks.json").write_text(json.dumps(self.keys.make("RS256", "kc-1")))
         self.jwks = h.JwksServer(json.dumps(self.keys.make("ES256", "entra-1")))
         policy = self.work / "policy.toml"
-        policy.write_text(POLICY.format(iss=ISS, entra=ENTRA, jwks_port=self.jwks.port))
+        policy.write_text(policy_text.format(iss=ISS, entra=ENTRA, jwks_port=self.jwks.port))
         self.plugin_config = h.compile_policy(policy)
         self.upstream = h.Upstream()
         self.started = time.time()
@@ -219,6 +219,30 @@ def test_every_decision_is_in_the_access_log(proxy):
     text = proxy.access_log.read_text()
     for token in proxy.tokens.values():
         assert token.rsplit(".", 1)[1] not in text
+
+
+@pytest.mark.parametrize("binary", h.envoy_binaries() or [None], ids=lambda b: Path(b).parts[-7] if b else "no-envoy")
+def test_without_filter_state_the_access_log_has_no_decision_and_nothing_else_changes(binary):
+    """`filter_state = "none"` (issue 9: a mesh whose access log does not read the decision
+    does not pay four host calls per request for it): same answers, same counters."""
+    if binary is None:
+        pytest.fail("no pinned Envoy binary found: run scripts/setup first")
+    policy = POLICY.replace('name = "operations"', 'name = "operations"\nfilter_state = "none"', 1)
+    assert policy != POLICY
+    p = Proxy(binary, h.scratch(), policy_text=policy)
+    try:
+        alice, bob = p.token(), p.token(sub="bob", roles=["viewer"])
+        answers = [p.envoy.request("/score", "POST", token=alice)[0] for _ in range(3)]
+        answers += [p.envoy.request("/score", "POST")[0], p.envoy.request("/score", "POST", token=bob)[0]]
+        assert answers == [200, 200, 200, 401, 403]
+        entries = p.access_entries()
+        assert [int(e["response_code"]) for e in entries] == answers
+        assert all(e["claimgate_decision"] is None and e["claimgate_subject"] is None for e in entries), entries
+        families, _ = p.prometheus()
+        allowed = sum(v for name, series in families.items() if name.endswith("claimgate_allowed_total") for v in series.values())
+        assert allowed == 3, families.get("envoy_claimgate_allowed_total")
+    finally:
+        p.stop()
 
 
 def test_prometheus_has_the_deny_reason_as_a_label(proxy):

@@ -1,10 +1,15 @@
 //! The policy blob and the pluginConfig JSON that carries it.
 //!
-//! Layout: `CGPB` magic, format version (u16 LE), SHA-256 of the payload (32 bytes), then the
-//! payload: the [`CompiledPolicy`] in postcard encoding. The decoder refuses a wrong magic,
-//! an unknown version, a digest mismatch, trailing bytes and broken cross references, each
-//! with its own [`DecodeError`]. The digest, `sha256:<hex>`, is the policy version the
-//! filter reports.
+//! Layout: `CGPB` magic, format version (u16 LE), SHA-256 of the payload as stored (32 bytes),
+//! then the payload, deflated (raw DEFLATE, RFC 1951): the [`CompiledPolicy`] in postcard
+//! encoding. Deflating keeps large policies well inside what istiod pushes comfortably (a
+//! 10,000-rule multi-tenant policy: about 1.6 MiB of pluginConfig as postcard, a seventh of
+//! that deflated). The digest covers the deflated bytes, not the inflated ones: an inflater
+//! ignores the padding bits after the last block, so only a digest of the stored bytes sees
+//! every altered bit. The decoder refuses a wrong magic, an unknown version, a digest
+//! mismatch, a payload that does not inflate or inflates past [`MAX_PAYLOAD_BYTES`], trailing
+//! bytes and broken cross references, each with its own [`DecodeError`]. The digest,
+//! `sha256:<hex>`, is the policy version the filter reports.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -17,8 +22,13 @@ use crate::engine::Engine;
 /// Blob magic bytes.
 pub const MAGIC: &[u8; 4] = b"CGPB";
 /// Current blob format version.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 const HEADER_LEN: usize = 4 + 2 + 32;
+/// Largest inflated payload accepted: far above any real policy (100,000 rules are about
+/// 15 MB), low enough that a crafted blob cannot make the filter allocate without bound.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+/// miniz's level 9: the compiler pays once, every proxy receives fewer bytes.
+const DEFLATE_LEVEL: u8 = 9;
 
 /// Why a blob or pluginConfig was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +46,9 @@ pub enum DecodeError {
         /// The version in the blob.
         found: u16,
     },
+    /// The payload does not inflate, or inflates past [`MAX_PAYLOAD_BYTES`].
+    #[error("blob payload does not inflate: {0}")]
+    Inflate(String),
     /// Payload digest differs from the header.
     #[error("blob digest mismatch: the payload is corrupt or was altered")]
     DigestMismatch,
@@ -89,18 +102,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Encodes a compiled policy; returns the blob and its digest string.
 pub fn encode(policy: &CompiledPolicy) -> Result<(Vec<u8>, String), DecodeError> {
     let payload = postcard::to_allocvec(policy).map_err(|e| DecodeError::Payload(e.to_string()))?;
-    let digest = digest_of(&payload);
-    let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
+    let deflated = miniz_oxide::deflate::compress_to_vec(&payload, DEFLATE_LEVEL);
+    let digest = digest_of(&deflated);
+    let mut blob = Vec::with_capacity(HEADER_LEN + deflated.len());
     blob.extend_from_slice(MAGIC);
     blob.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     blob.extend_from_slice(&digest);
-    blob.extend_from_slice(&payload);
+    blob.extend_from_slice(&deflated);
     Ok((blob, format!("sha256:{}", hex(&digest))))
 }
 
 /// Decodes and checks a blob; returns the policy and its digest string.
 pub fn decode(blob: &[u8]) -> Result<(CompiledPolicy, String), DecodeError> {
-    let (header, payload) = blob
+    let (header, deflated) = blob
         .split_at_checked(HEADER_LEN)
         .ok_or(DecodeError::TooShort(blob.len()))?;
     let (magic, rest) = header.split_at(4);
@@ -115,16 +129,27 @@ pub fn decode(blob: &[u8]) -> Result<(CompiledPolicy, String), DecodeError> {
     if found != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion { found });
     }
-    if digest != digest_of(payload) {
+    if digest != digest_of(deflated) {
         return Err(DecodeError::DigestMismatch);
     }
-    let (policy, trailing) = postcard::take_from_bytes::<CompiledPolicy>(payload)
+    let payload = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, MAX_PAYLOAD_BYTES)
+        .map_err(|e| DecodeError::Inflate(inflate_error(&e)))?;
+    let (policy, trailing) = postcard::take_from_bytes::<CompiledPolicy>(&payload)
         .map_err(|e| DecodeError::Payload(e.to_string()))?;
     if !trailing.is_empty() {
         return Err(DecodeError::TrailingBytes(trailing.len()));
     }
     policy.validate()?;
     Ok((policy, format!("sha256:{}", hex(digest))))
+}
+
+fn inflate_error(error: &miniz_oxide::inflate::DecompressError) -> String {
+    use miniz_oxide::inflate::TINFLStatus;
+    match error.status {
+        TINFLStatus::HasMoreOutput => format!("more than {MAX_PAYLOAD_BYTES} bytes"),
+        TINFLStatus::FailedCannotMakeProgress => "truncated".to_owned(),
+        _ => "not a DEFLATE stream".to_owned(),
+    }
 }
 
 /// Builds the pluginConfig JSON text for a compiled policy.

@@ -220,6 +220,7 @@ pub fn compile(text: &str, file: &str, read: &FileReader<'_>) -> Result<Compiled
         token,
         statuses: source.statuses,
         claims: std::mem::take(&mut cx.claim_paths),
+        filter_state: source.filter_state,
     };
     Ok(Compiled {
         policy,

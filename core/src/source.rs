@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compiled::{
-    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, Mode, PathParameters, Statuses,
-    VerifyMode,
+    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, FilterState, Mode,
+    PathParameters, Statuses, VerifyMode,
 };
 
 /// A policy file.
@@ -59,6 +59,11 @@ pub struct PolicySource {
     /// fetched 401). Reason codes are the same either way.
     #[serde(default)]
     pub statuses: Statuses,
+    /// `all` (default): each decision goes into the request's filter state for Envoy's access
+    /// log (`%FILTER_STATE(wasm.claimgate.decision:PLAIN)%` and the others); `none`: not
+    /// written, which saves a few host calls per request where no access log reads them.
+    #[serde(default)]
+    pub filter_state: FilterState,
 }
 
 /// `[token]`.

@@ -259,6 +259,7 @@ fn engine_with(issuer: CompiledIssuer) -> Engine {
         token: TokenSettings::default(),
         path_parameters: Default::default(),
         cors_preflight: Default::default(),
+        filter_state: Default::default(),
         statuses: Default::default(),
         claims: vec![],
     };

@@ -745,13 +745,38 @@ fn blob_refuses_corruption_with_reasons() {
         blob::decode(&bad),
         Err(blob::DecodeError::UnsupportedVersion { found: 9 })
     ));
+    // The digest (the header's last 32 bytes) no longer names the payload.
     let mut bad = bytes.clone();
-    let last = bad.len() - 1;
-    bad[last] ^= 1;
+    bad[37] ^= 1;
     assert_eq!(
         blob::decode(&bad).unwrap_err(),
         blob::DecodeError::DigestMismatch
     );
+    // Past a valid digest: a deflated payload cut short, not DEFLATE at all, or one that
+    // inflates without bound (cut off at the limit, never allocated whole).
+    let wrap = |deflated: &[u8]| {
+        let hex = blob::sha256_hex(deflated);
+        let mut out = bytes[..6].to_vec();
+        out.extend((0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()));
+        out.extend_from_slice(deflated);
+        out
+    };
+    assert_eq!(
+        blob::decode(&wrap(&bytes[38..])).unwrap().1,
+        blob::decode(&bytes).unwrap().1
+    );
+    let inflate_error = |blob: &[u8]| match blob::decode(blob) {
+        Err(blob::DecodeError::Inflate(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        inflate_error(&wrap(&bytes[38..bytes.len() - 4])),
+        "truncated"
+    );
+    assert_eq!(inflate_error(&wrap(&[0xff; 64])), "not a DEFLATE stream");
+    let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; blob::MAX_PAYLOAD_BYTES + 1], 9);
+    assert!(bomb.len() < 1_000_000, "{}", bomb.len());
+    assert!(inflate_error(&wrap(&bomb)).starts_with("more than"));
     assert!(blob::engine_from_plugin_config(b"{}").is_err());
     assert!(blob::engine_from_plugin_config(b"not json").is_err());
 }

@@ -69,6 +69,7 @@ fn engine(keys: Vec<JwkKey>, hmac_secret: Option<Vec<u8>>) -> Engine {
         token: TokenSettings::default(),
         path_parameters: Default::default(),
         cors_preflight: Default::default(),
+        filter_state: Default::default(),
         statuses: Default::default(),
         claims: vec![],
     };
@@ -369,6 +370,7 @@ fn policy_with(issuer: CompiledIssuer) -> CompiledPolicy {
         token: TokenSettings::default(),
         path_parameters: Default::default(),
         cors_preflight: Default::default(),
+        filter_state: Default::default(),
         statuses: Default::default(),
         claims: vec![],
     }

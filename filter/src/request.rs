@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use claimgate_core::DenyReason;
-use claimgate_core::compiled::BeforeFirstFetch;
+use claimgate_core::compiled::{BeforeFirstFetch, FilterState};
 use claimgate_core::engine::{Decision, Engine, Request};
 use claimgate_core::locate;
 use claimgate_core::upstream::encode_value;
@@ -186,8 +186,10 @@ pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
 fn refuse_without_clock(host: &dyn Host, shared: &RefCell<Shared>) -> Verdict {
     let reason = DenyReason::ClockUnavailable;
     shared.borrow().metrics.denied(host, &reason);
-    let _ = host.set_property("claimgate.decision", b"deny");
-    let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
+    if writes_filter_state(shared) {
+        let _ = host.set_property("claimgate.decision", b"deny");
+        let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
+    }
     let status = reason.response().status;
     send(
         host,
@@ -382,13 +384,13 @@ fn apply(
     if decision.passes() {
         return match forward(host, engine, headers, decision) {
             Ok(()) => {
-                publish(host, decision);
+                publish(host, engine, decision);
                 Verdict::Continue
             }
             Err(error) => fail(host, shared, "cannot set the identity headers", error),
         };
     }
-    publish(host, decision);
+    publish(host, engine, decision);
     let Some(reason) = &decision.reason else {
         return fail(
             host,
@@ -482,8 +484,11 @@ fn remove_token_cookies(
 /// `deny`, `audit_deny`) always; `reason` and `rule` when there is one; `subject` and
 /// `issuer` for a verified caller; `shadow_reason` and `shadow_rule` when an audit rule would
 /// deny. Values from the token or the policy are encoded, so they cannot forge log lines.
-/// Best effort: the decision does not depend on it.
-fn publish(host: &dyn Host, decision: &Decision) {
+/// Best effort: the decision does not depend on it. Not written under `filter_state = "none"`.
+fn publish(host: &dyn Host, engine: &Engine, decision: &Decision) {
+    if engine.policy().filter_state == FilterState::None {
+        return;
+    }
     let _ = host.set_property("claimgate.decision", decision.outcome().as_bytes());
     if let Some(reason) = &decision.reason {
         let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
@@ -507,6 +512,11 @@ fn publish(host: &dyn Host, decision: &Decision) {
             let _ = host.set_property("claimgate.shadow_rule", encode_value(rule).as_bytes());
         }
     }
+}
+
+/// Whether the root's policy has decisions written into the filter state (see [`publish`]).
+fn writes_filter_state(shared: &RefCell<Shared>) -> bool {
+    shared.borrow().engine.policy().filter_state == FilterState::All
 }
 
 fn json(text: &str) -> String {
@@ -538,8 +548,10 @@ fn send(
 /// The host failed the filter: fail closed with a 500.
 fn fail(host: &dyn Host, shared: &RefCell<Shared>, what: &str, error: HostError) -> Verdict {
     log::error!("claimgate: {what} ({error}): request refused");
-    let _ = host.set_property("claimgate.decision", b"error");
-    let _ = host.set_property("claimgate.reason", b"filter_error");
+    if writes_filter_state(shared) {
+        let _ = host.set_property("claimgate.decision", b"error");
+        let _ = host.set_property("claimgate.reason", b"filter_error");
+    }
     shared.borrow().metrics.bump(host, Counter::HostFailure);
     send(host, shared, 500, &[], &error_body("filter_error", 500))
 }

@@ -140,6 +140,49 @@ fn a_warm_request_makes_only_the_host_calls_it_needs() {
     );
 }
 
+/// `filter_state = "none"`: a mesh whose access log does not read the decision does not pay
+/// for writing it (four host calls of a warm request); nothing else changes.
+#[test]
+fn without_filter_state_no_decision_is_written_and_nothing_else_changes() {
+    let key = Key::new("k1");
+    let policy = POLICY.replacen(
+        "name = \"unit\"",
+        "name = \"unit\"\nfilter_state = \"none\"",
+        1,
+    );
+    assert_ne!(policy, POLICY);
+    let (host, shared) = ready_with(&policy, &[&key]);
+    let t = token(&key, &[]);
+    let request = testing::request("/score", Some(&t));
+    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
+    host.state.borrow_mut().calls.clear();
+    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
+    let calls = host.state.borrow().calls.clone();
+    assert_eq!(calls.len(), 9, "{calls:?}");
+    assert!(calls.iter().all(|c| *c != "set_property"), "{calls:?}");
+    assert!(host.header(3, "x-claimgate-subject").is_some());
+    // Denials: the same reply and counters, no filter state.
+    let denied = token(&key, &[("roles", json!(["reader"]))]);
+    assert_eq!(
+        run(
+            &host,
+            &shared,
+            4,
+            &testing::request("/score", Some(&denied))
+        ),
+        Verdict::Replied
+    );
+    assert_eq!(error_of(&host, 4), (403, "missing_role".to_owned()));
+    assert!(
+        host.state
+            .borrow()
+            .calls
+            .iter()
+            .all(|c| *c != "set_property")
+    );
+    assert!(host.state.borrow().properties.is_empty());
+}
+
 #[test]
 fn non_utf8_header_values_never_trap_never_match_never_get_copied() {
     capture_logs();

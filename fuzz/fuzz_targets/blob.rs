@@ -1,5 +1,6 @@
-//! The blob decoder: raw bytes, and payloads wrapped in a valid header and digest (so the
-//! fuzzer gets past the SHA-256 check into the postcard decoder and the structure checks).
+//! The blob decoder: raw bytes (inflate included), and payloads deflated and wrapped in a valid
+//! header and digest (so the fuzzer gets past inflate and the SHA-256 check into the postcard
+//! decoder and the structure checks).
 //! A blob that decodes always builds an engine and survives a re-encode.
 #![no_main]
 
@@ -11,13 +12,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = blob::decode(data);
     let _ = blob::engine_from_plugin_config(data);
-    // A header taken from a real blob (magic, version), then the digest of `data`.
+    // A header taken from a real blob (magic, version), then `data` deflated and its digest.
     let Ok((real, _)) = blob::encode(fixture().engine.policy()) else {
         return;
     };
+    let deflated = miniz_oxide::deflate::compress_to_vec(data, 1);
     let mut wrapped = real.get(..6).unwrap_or_default().to_vec();
-    wrapped.extend_from_slice(&sha256(data));
-    wrapped.extend_from_slice(data);
+    wrapped.extend_from_slice(&sha256(&deflated));
+    wrapped.extend_from_slice(&deflated);
     if let Ok((policy, digest)) = blob::decode(&wrapped) {
         // Semantic round trip: what decodes re-encodes to a blob that decodes to the same
         // policy. (Byte identity does not hold: postcard accepts over-long varints, so a few
