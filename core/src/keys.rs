@@ -693,7 +693,7 @@ impl Verifier {
                     input: &[u8],
                     tag: &[u8],
                 ) -> bool {
-                    <M as hmac::Mac>::new_from_slice(secret).is_ok_and(|mut mac| {
+                    <M as hmac::KeyInit>::new_from_slice(secret).is_ok_and(|mut mac| {
                         mac.update(input);
                         mac.verify_slice(tag).is_ok()
                     })

@@ -23,7 +23,8 @@ use rsa::rand_core::{CryptoRng, RngCore};
 use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer, Verifier as _};
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+// The sha2 that `rsa` 0.9 is built on (digest 0.10), re-exported by it.
+use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
 
 const FIXTURES: &str = include_str!("fixtures/rsa_keys.txt");
 

@@ -671,7 +671,7 @@ fn random_keys_tokens_and_tamperings_are_judged_as_jwt_simple_judged_them() {
                 rsa::RsaPrivateKey::from_pkcs8_der(&der)
             })
             .unwrap();
-        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private);
+        let signer = rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(private);
         for header in headers("RS256") {
             tokens.push(signed(&header, &payload_at(now, &mut rng), &|input| {
                 signer.sign(input).to_vec()
@@ -787,7 +787,7 @@ fn random_keys_tokens_and_tamperings_are_judged_as_jwt_simple_judged_them() {
         }
         for header in headers("HS512") {
             tokens.push(signed(&header, &payload_at(now, &mut rng), &|input| {
-                use hmac::Mac as _;
+                use hmac::{KeyInit as _, Mac as _};
                 let mut mac = hmac::Hmac::<sha2::Sha512>::new_from_slice(&secret).unwrap();
                 mac.update(input);
                 mac.finalize().into_bytes().to_vec()
@@ -795,7 +795,7 @@ fn random_keys_tokens_and_tamperings_are_judged_as_jwt_simple_judged_them() {
         }
         for header in headers("HS256") {
             tokens.push(signed(&header, &payload_at(now, &mut rng), &|input| {
-                use hmac::Mac as _;
+                use hmac::{KeyInit as _, Mac as _};
                 let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
                 mac.update(input);
                 mac.finalize().into_bytes().to_vec()
