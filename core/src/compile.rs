@@ -26,6 +26,7 @@ mod principals;
 mod revoked;
 mod rules;
 mod schema;
+mod schema_facts;
 mod structure;
 mod suggest;
 

@@ -13,6 +13,7 @@
 //! `oneOf` and `allOf`. Value constraints (patterns, ranges) are left to the semantic passes,
 //! whose messages are more precise.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde_json::{Map, Value};
@@ -20,13 +21,8 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::diagnostics::Context;
+use super::schema_facts::{SchemaFacts, ValueKind};
 use super::suggest;
-
-/// A keyword of the schema naming the diagnostic kind of the problems found under it.
-pub(super) const KIND_KEYWORD: &str = "x-claimgate-kind";
-
-/// The kinds a schema may name with [`KIND_KEYWORD`] (diagnostic kinds are static).
-const SCHEMA_KINDS: [&str; 1] = ["bad_principal"];
 
 /// One step from the top of the document to a value.
 #[derive(Debug, Clone)]
@@ -53,8 +49,9 @@ pub(super) fn check(
     schema: &Value,
     document: &mut Spanned<DeTable<'_>>,
 ) -> bool {
+    let facts = SchemaFacts::new(schema);
     let mut walker = Walker {
-        root: schema,
+        facts: &facts,
         text,
         problems: Vec::new(),
         tables: Vec::new(),
@@ -79,12 +76,13 @@ pub(super) fn check(
 }
 
 struct Walker<'s> {
-    /// The whole schema, for `$ref`.
-    root: &'s Value,
+    /// What each node of the schema means, worked out once.
+    facts: &'s SchemaFacts<'s>,
     text: &'s str,
     problems: Vec<Problem>,
-    /// The tables around the value being checked, outermost first: their schemas and paths.
-    tables: Vec<(&'s Map<String, Value>, Vec<Step>)>,
+    /// The tables around the value being checked, outermost first: their schemas and how
+    /// long the path is at their keys (their paths are prefixes of the current one).
+    tables: Vec<(&'s Map<String, Value>, usize)>,
     /// The kind problems are reported as here (`x-claimgate-kind` of an enclosing schema),
     /// e.g. `bad_principal` inside `allow` / `deny`.
     kind: Option<&'static str>,
@@ -93,112 +91,23 @@ struct Walker<'s> {
 }
 
 impl<'s> Walker<'s> {
-    /// Follows `$ref`s within the schema (a bounded number of times).
-    fn resolve(&self, mut schema: &'s Value) -> &'s Value {
-        for _ in 0..16 {
-            let target = schema
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix('#'))
-                .and_then(|pointer| self.root.pointer(pointer));
-            match target {
-                Some(target) => schema = target,
-                None => break,
-            }
-        }
-        schema
+    fn resolve(&self, schema: &'s Value) -> &'s Value {
+        self.facts.resolve(schema)
     }
 
-    /// The `x-claimgate-kind` of a schema, or of the one schema it wraps (`allOf: [$ref]`).
-    /// Only the kinds in [`SCHEMA_KINDS`] are taken.
-    fn kind_of(&self, schema: &'s Value) -> Option<&'static str> {
-        let own = schema.get(KIND_KEYWORD).and_then(Value::as_str);
-        let wrapped = || match schema
-            .get("allOf")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-        {
-            Some([only]) => self.resolve(only).get(KIND_KEYWORD).and_then(Value::as_str),
-            _ => None,
-        };
-        let named = own.or_else(wrapped)?;
-        SCHEMA_KINDS.iter().copied().find(|kind| *kind == named)
+    fn words(&self, schema: &'s Value) -> Option<Cow<'s, [&'s str]>> {
+        self.facts.words(schema)
     }
 
-    /// The JSON types a TOML value can stand for.
-    fn json_types(value: &DeValue<'_>) -> &'static [&'static str] {
-        match value {
-            DeValue::String(_) => &["string"],
-            DeValue::Integer(_) => &["integer", "number"],
-            DeValue::Float(_) => &["number"],
-            DeValue::Boolean(_) => &["boolean"],
-            DeValue::Array(_) => &["array"],
-            DeValue::Table(_) => &["object"],
-            DeValue::Datetime(_) => &[],
-        }
-    }
-
-    /// Whether `schema` can accept a value of this kind at all (its type, not its content).
     fn accepts(&self, schema: &'s Value, value: &DeValue<'_>) -> bool {
-        let schema = self.resolve(schema);
-        let types = Self::json_types(value);
-        if let Value::Bool(accepts) = schema {
-            return *accepts;
-        }
-        if let Some(declared) = schema.get("type") {
-            return match declared {
-                Value::String(t) => types.contains(&t.as_str()),
-                Value::Array(list) => list
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|t| types.contains(&t)),
-                _ => true,
-            };
-        }
-        if let Some(words) = self.words(schema) {
-            return !words.is_empty() && matches!(value, DeValue::String(_));
-        }
-        for key in ["anyOf", "oneOf"] {
-            if let Some(branches) = schema.get(key).and_then(Value::as_array) {
-                return branches.iter().any(|b| self.accepts(b, value));
-            }
-        }
-        if let Some(branches) = schema.get("allOf").and_then(Value::as_array) {
-            return branches.iter().all(|b| self.accepts(b, value));
-        }
-        if schema.get("properties").is_some() || schema.get("additionalProperties").is_some() {
-            return matches!(value, DeValue::Table(_));
-        }
-        true
-    }
-
-    /// The words a schema allows, if it is a choice of strings (`enum`, `const`, or a
-    /// `oneOf`/`anyOf` of those, as schemars writes documented enum variants).
-    fn words(&self, schema: &'s Value) -> Option<Vec<&'s str>> {
-        let schema = self.resolve(schema);
-        if let Some(list) = schema.get("enum").and_then(Value::as_array) {
-            return list.iter().map(Value::as_str).collect();
-        }
-        if let Some(word) = schema.get("const") {
-            return word.as_str().map(|w| vec![w]);
-        }
-        for key in ["anyOf", "oneOf"] {
-            if let Some(branches) = schema.get(key).and_then(Value::as_array) {
-                let mut all = Vec::new();
-                for branch in branches {
-                    all.extend(self.words(branch)?);
-                }
-                return Some(all);
-            }
-        }
-        None
+        self.facts.accepts(schema, ValueKind::of(value))
     }
 
     /// What `schema` expects, for people: "a string", "one of `a`, `b`", "an array of strings".
     fn expected(&self, schema: &'s Value) -> String {
         let schema = self.resolve(schema);
         if let Some(words) = self.words(schema) {
-            return format!("one of {}", suggest::list(words));
+            return format!("one of {}", suggest::list(words.iter().copied()));
         }
         for key in ["anyOf", "oneOf", "allOf"] {
             if let Some(branches) = schema.get(key).and_then(Value::as_array) {
@@ -259,7 +168,7 @@ impl<'s> Walker<'s> {
             return *accepts;
         }
         let outer = self.kind;
-        if let Some(kind) = self.kind_of(schema) {
+        if let Some(kind) = self.facts.kind(schema) {
             self.kind = Some(kind);
         }
         let valid = self.checked_value(described, schema, value, path);
@@ -350,7 +259,7 @@ impl<'s> Walker<'s> {
         if fitting.len() > 1 {
             for branch in &fitting {
                 let mut trial = Walker {
-                    root: self.root,
+                    facts: self.facts,
                     text: self.text,
                     problems: Vec::new(),
                     tables: self.tables.clone(),
@@ -427,7 +336,7 @@ impl<'s> Walker<'s> {
             let name: &str = key.get_ref();
             let mut unknown = false;
             path.push(Step::Key(name.to_owned()));
-            self.tables.push((object, path.clone()));
+            self.tables.push((object, path.len()));
             // A wrong field makes the table wrong; a wrong entry of a map (an issuer of
             // `[issuers]`) is left out alone.
             let (kept, entry) = match (properties.and_then(|p| p.get(name)), additional) {
@@ -515,7 +424,11 @@ impl<'s> Walker<'s> {
                         .and_then(Value::as_object)
                         .is_some_and(|p| p.contains_key(name))
                 })
-                .map(|(_, path)| path.split_last().map_or(&[][..], |(_, rest)| rest).to_vec())
+                .map(|(_, depth)| {
+                    path.get(..depth.saturating_sub(1))
+                        .unwrap_or_default()
+                        .to_vec()
+                })
         } else {
             None
         };
