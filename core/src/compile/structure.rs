@@ -56,7 +56,7 @@ pub(super) fn check(
         problems: Vec::new(),
         tables: Vec::new(),
         kind: None,
-        others: None,
+        others: Vec::new(),
     };
     let span = document.span();
     let mut path = Vec::new();
@@ -86,8 +86,9 @@ struct Walker<'s> {
     /// The kind problems are reported as here (`x-claimgate-kind` of an enclosing schema),
     /// e.g. `bad_principal` inside `allow` / `deny`.
     kind: Option<&'static str>,
-    /// The other forms the value could take (of another type), while checking one form.
-    others: Option<String>,
+    /// The other forms the value could take (of another type), while checking one form:
+    /// described only when a problem names them (most values have none).
+    others: Vec<&'s Value>,
 }
 
 impl<'s> Walker<'s> {
@@ -126,6 +127,15 @@ impl<'s> Walker<'s> {
             },
             _ => "a table".to_owned(),
         }
+    }
+
+    /// `, or <what the other forms expect>` for a problem message, or nothing.
+    fn other_forms(&self) -> String {
+        if self.others.is_empty() {
+            return String::new();
+        }
+        let others: Vec<String> = self.others.iter().map(|b| self.expected(b)).collect();
+        format!(", or {}", others.join(" or "))
     }
 
     fn plural(&self, schema: &'s Value) -> &'static str {
@@ -214,10 +224,7 @@ impl<'s> Walker<'s> {
                         "`{word}` is not a value of {}: write one of {}{}",
                         subject(path),
                         suggest::list(words.iter().copied()),
-                        self.others
-                            .as_deref()
-                            .map(|others| format!(", or {others}"))
-                            .unwrap_or_default()
+                        self.other_forms()
                     ),
                     hint: suggest::hint(word, words.iter().copied(), "values"),
                 });
@@ -264,7 +271,7 @@ impl<'s> Walker<'s> {
                     problems: Vec::new(),
                     tables: self.tables.clone(),
                     kind: self.kind,
-                    others: None,
+                    others: Vec::new(),
                 };
                 let mut copy = value.clone();
                 if trial.value(branch, &mut copy, &mut path.clone()) && trial.problems.is_empty() {
@@ -276,13 +283,8 @@ impl<'s> Walker<'s> {
             return false;
         };
         // The forms of another type (`allow` is also a table), named in the problem.
-        let others: Vec<String> = branches
-            .iter()
-            .filter(|b| !fitting.contains(b))
-            .map(|b| self.expected(b))
-            .collect();
-        let outer = self.others.take();
-        self.others = (!others.is_empty()).then(|| others.join(" or "));
+        let others = branches.iter().filter(|b| !fitting.contains(b)).collect();
+        let outer = std::mem::replace(&mut self.others, others);
         let valid = self.value(branch, value, path);
         self.others = outer;
         valid
