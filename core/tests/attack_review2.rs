@@ -91,7 +91,11 @@ mod hmac_probe {
     fn hmac_tags_other_than_the_full_one_are_refused() {
         let engine = engine();
         let ok = |t: &str| engine.authenticate(t, NOW, &RemoteKeys::default(), &mut None);
-        assert!(ok(&token("HS256", mac)).is_ok(), "{:?}", ok(&token("HS256", mac)));
+        assert!(
+            ok(&token("HS256", mac)).is_ok(),
+            "{:?}",
+            ok(&token("HS256", mac))
+        );
         for (what, t) in [
             ("empty", token("HS256", |_| vec![])),
             ("one byte", token("HS256", |i| mac(i)[..1].to_vec())),
