@@ -132,8 +132,7 @@ pub fn decode(blob: &[u8]) -> Result<(CompiledPolicy, String), DecodeError> {
     if digest != digest_of(deflated) {
         return Err(DecodeError::DigestMismatch);
     }
-    let payload = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, MAX_PAYLOAD_BYTES)
-        .map_err(|e| DecodeError::Inflate(inflate_error(&e)))?;
+    let payload = inflate(deflated)?;
     let (policy, trailing) = postcard::take_from_bytes::<CompiledPolicy>(&payload)
         .map_err(|e| DecodeError::Payload(e.to_string()))?;
     if !trailing.is_empty() {
@@ -143,12 +142,57 @@ pub fn decode(blob: &[u8]) -> Result<(CompiledPolicy, String), DecodeError> {
     Ok((policy, format!("sha256:{}", hex(digest))))
 }
 
-fn inflate_error(error: &miniz_oxide::inflate::DecompressError) -> String {
+/// Inflates a whole raw DEFLATE stream of at most [`MAX_PAYLOAD_BYTES`], refusing bytes after
+/// its final block (an inflater ignores them: the same policy would pass under any number of
+/// digests). miniz_oxide's one-call helpers do not say how much input they used; its core
+/// decompressor does.
+fn inflate(deflated: &[u8]) -> Result<Vec<u8>, DecodeError> {
     use miniz_oxide::inflate::TINFLStatus;
-    match error.status {
-        TINFLStatus::HasMoreOutput => format!("more than {MAX_PAYLOAD_BYTES} bytes"),
-        TINFLStatus::FailedCannotMakeProgress => "truncated".to_owned(),
-        _ => "not a DEFLATE stream".to_owned(),
+    use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
+    let refused = |why: String| DecodeError::Inflate(why);
+    let mut state = Box::<DecompressorOxide>::default();
+    let mut out = vec![
+        0u8;
+        deflated
+            .len()
+            .saturating_mul(4)
+            .clamp(1024, MAX_PAYLOAD_BYTES)
+    ];
+    let (mut read, mut written) = (0usize, 0usize);
+    loop {
+        let rest = deflated.get(read..).unwrap_or_default();
+        let (status, used, produced) = decompress(
+            &mut state,
+            rest,
+            &mut out,
+            written,
+            inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+        );
+        read = read.saturating_add(used);
+        written = written.saturating_add(produced);
+        match status {
+            TINFLStatus::Done if read == deflated.len() => {
+                out.truncate(written);
+                return Ok(out);
+            }
+            TINFLStatus::Done => {
+                return Err(refused(format!(
+                    "{} bytes after the final block",
+                    deflated.len() - read
+                )));
+            }
+            TINFLStatus::HasMoreOutput if out.len() < MAX_PAYLOAD_BYTES => {
+                let grown = out.len().saturating_mul(2).min(MAX_PAYLOAD_BYTES);
+                out.resize(grown, 0);
+            }
+            TINFLStatus::HasMoreOutput => {
+                return Err(refused(format!("more than {MAX_PAYLOAD_BYTES} bytes")));
+            }
+            TINFLStatus::FailedCannotMakeProgress | TINFLStatus::NeedsMoreInput => {
+                return Err(refused("truncated".to_owned()));
+            }
+            _ => return Err(refused("not a DEFLATE stream".to_owned())),
+        }
     }
 }
 

@@ -524,9 +524,10 @@ pub fn release_leases(host: &dyn Host, shared: &RefCell<Shared>) {
 /// one, waiting where another root is fetching). Call only from root callbacks (see the
 /// module docs).
 ///
-/// True when an issuer's wait ended here without a fetch of this root's: it adopted another
-/// root's set or backs off after another root's failure. Requests held for that issuer's keys
-/// must then be decided now; no answer of this root's will release them.
+/// True when an issuer's wait ended here without a fetch of this root's under way: it adopted
+/// another root's set, backs off after another root's failure, or its own fetch could not be
+/// dispatched. Requests held for that issuer's keys must then be decided now; no answer of
+/// this root's will release them.
 pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> bool {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
@@ -596,6 +597,8 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
                     config.cluster
                 );
                 fetch_failed(host, s, issuer, now_ms);
+                // No answer will come to release the requests held for this fetch.
+                settled = true;
             }
         }
     }
