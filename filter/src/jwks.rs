@@ -268,6 +268,16 @@ impl Scheduler {
         })
     }
 
+    /// The issuers whose keys may still come from a fetch under way, asked for or awaited
+    /// from another root ([`Scheduler::first_keys_pending`]): requests may be held for them.
+    pub fn awaited(&self) -> Vec<usize> {
+        self.fetches
+            .iter()
+            .map(|f| f.issuer)
+            .filter(|issuer| self.first_keys_pending(*issuer))
+            .collect()
+    }
+
     /// Whether a requested refetch still waits for dispatch, or a root waits for another
     /// root's fetch (the root's tick stays short for both).
     pub fn refetch_waiting(&self) -> bool {
@@ -523,16 +533,10 @@ pub fn release_leases(host: &dyn Host, shared: &RefCell<Shared>) {
 /// Starts every fetch that is due (adopting another root's newer set instead where there is
 /// one, waiting where another root is fetching). Call only from root callbacks (see the
 /// module docs).
-///
-/// True when an issuer's wait ended here without a fetch of this root's under way: it adopted
-/// another root's set, backs off after another root's failure, or its own fetch could not be
-/// dispatched. Requests held for that issuer's keys must then be decided now; no answer of
-/// this root's will release them.
-pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> bool {
+pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
     let mut waiting = false;
-    let mut settled = false;
     for issuer in s.scheduler.due(now_ms) {
         let engine = s.engine.clone();
         let Some(config) = engine
@@ -544,7 +548,6 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
             continue;
         };
         if adopt_newer(host, s, issuer, now_ms) {
-            settled = true;
             continue;
         }
         let lease_ms = config.timeout_ms.saturating_add(DEADLINE_MARGIN_MS);
@@ -559,7 +562,6 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
                 retry_at_ms,
             } => {
                 s.scheduler.peer_failed(issuer, failures, retry_at_ms);
-                settled = true;
                 continue;
             }
             Turn::Fetch => {}
@@ -567,7 +569,6 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
         // The lease was free because the holder just published and let go: its set serves.
         if adopt_newer(host, s, issuer, now_ms) {
             release_lease(host, &config.uri, s.scheduler.holder, 0, 0);
-            settled = true;
             continue;
         }
         let name = issuer_name(&s.engine, issuer);
@@ -597,8 +598,6 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
                     config.cluster
                 );
                 fetch_failed(host, s, issuer, now_ms);
-                // No answer will come to release the requests held for this fetch.
-                settled = true;
             }
         }
     }
@@ -606,11 +605,10 @@ pub fn dispatch_due(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> b
     if waiting && !s.fast_tick && host.set_tick_period_ms(FAST_TICK_MS).is_ok() {
         s.fast_tick = true;
     }
-    settled
 }
 
-/// Reclaims fetches past their deadline; true when one was (held requests then re-decide).
-pub fn reclaim_overdue(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -> bool {
+/// Reclaims fetches past their deadline.
+pub fn reclaim_overdue(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
     let mut guard = shared.borrow_mut();
     let s = &mut *guard;
     let overdue = s.scheduler.reclaim_overdue(now_ms);
@@ -621,7 +619,6 @@ pub fn reclaim_overdue(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) -
         );
         fetch_failed(host, s, *issuer, now_ms);
     }
-    !overdue.is_empty()
 }
 
 /// Why a fetched key set was not installed.
@@ -1186,6 +1183,72 @@ mod tests {
         );
         assert!(host.replies().iter().all(|r| r.context != 7));
         assert_eq!(roots[1].borrow().held.len(), 0);
+    }
+
+    /// Found in review: a request held for a refetch (its token names a `kid` the keys lack)
+    /// stayed held until the 10 s hold limit when the refetch could not even be dispatched (the
+    /// JWKS cluster is gone: `dispatch_http_call` fails): no answer of this root's will release it.
+    #[test]
+    fn a_refetch_that_cannot_be_dispatched_answers_the_requests_held_for_it() {
+        use crate::request::Verdict;
+        use crate::testing::{Key, NOW_MS, ROOT, claims, configured, jwks, request, run};
+        let host = MockHost::new(NOW_MS);
+        let root = configured(&host, crate::testing::POLICY);
+        let first = host.callouts()[0].token;
+        deliver(&host, &root, first, "200", &jwks(&[&Key::new("k1")]));
+        assert!(root.borrow().remote.get(0).is_some());
+
+        // A token signed by a key the set does not have yet: held for a refetch.
+        host.set_now(Some(NOW_MS + 60_000));
+        let token = Key::new("k2").mint(&claims(&[]));
+        host.enter(7);
+        assert_eq!(
+            run(&host, &root, 7, &request("/score", Some(&token))),
+            Verdict::Held
+        );
+        // The JWKS cluster is gone: the refetch fails to start at the next (fast) tick.
+        host.state.borrow_mut().failing.insert("dispatch_http_call");
+        host.set_now(Some(NOW_MS + 60_020));
+        host.enter(ROOT);
+        crate::root::tick(&host, &root);
+        let answered = host.replies().into_iter().any(|r| r.context == 7);
+        assert!(
+            answered,
+            "request 7 is still held ({} held) after its refetch failed to start; it is answered \
+             only at the 10 s hold limit",
+            root.borrow().held.len()
+        );
+    }
+
+    /// The same at start-up: a request that arrives between `configure` and the first tick is
+    /// held for the first keys (`before_first_fetch = "hold"`, the default); when the first fetch
+    /// cannot be dispatched, nothing will bring keys, yet the request waits out the 10 s hold
+    /// limit before its 503 `keys_unavailable`.
+    #[test]
+    fn a_first_fetch_that_cannot_be_dispatched_answers_the_requests_held_for_it() {
+        use crate::request::Verdict;
+        use crate::testing::{Key, NOW_MS, ROOT, claims, request, run};
+        let host = MockHost::new(NOW_MS);
+        host.state.borrow_mut().config =
+            Some(crate::testing::plugin_config(crate::testing::POLICY));
+        host.enter(ROOT);
+        let root = crate::root::configure(&host, ROOT).unwrap();
+        let token = Key::new("k1").mint(&claims(&[]));
+        host.enter(7);
+        assert_eq!(
+            run(&host, &root, 7, &request("/score", Some(&token))),
+            Verdict::Held
+        );
+        host.state.borrow_mut().failing.insert("dispatch_http_call");
+        host.set_now(Some(NOW_MS + 20));
+        host.enter(ROOT);
+        crate::root::tick(&host, &root);
+        let reply = host.replies().into_iter().find(|r| r.context == 7);
+        assert!(
+            reply.as_ref().is_some_and(|r| r.status == 503),
+            "request 7 unanswered ({} held) after the first fetch failed to start: {reply:?}",
+            root.borrow().held.len()
+        );
     }
 
     #[test]

@@ -18,8 +18,6 @@
     )
 )]
 mod abi;
-#[cfg(test)]
-mod attack_review2_tests;
 mod audit;
 mod cache;
 #[cfg_attr(

@@ -83,9 +83,19 @@ pub fn tick(host: &dyn Host, shared: &RefCell<Shared>) {
         s.last_clock_ms = now_ms;
         s.clock_failing = false;
     }
-    let reclaimed = jwks::reclaim_overdue(host, shared, now_ms);
-    let settled = jwks::dispatch_due(host, shared, now_ms);
-    if reclaimed || settled {
+    // Held requests are decided again when a wait for keys ends at this tick without an
+    // answer of this root's to release them: a fetch reclaimed, a set adopted from another
+    // root, another root's failure, a fetch that could not be dispatched.
+    let awaited = shared.borrow().scheduler.awaited();
+    jwks::reclaim_overdue(host, shared, now_ms);
+    jwks::dispatch_due(host, shared, now_ms);
+    let ended = {
+        let s = shared.borrow();
+        awaited
+            .iter()
+            .any(|issuer| !s.scheduler.first_keys_pending(*issuer))
+    };
+    if ended {
         request::release_held(host, shared, now_ms, false);
     }
     request::release_held(host, shared, now_ms, true);
