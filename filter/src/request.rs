@@ -186,10 +186,7 @@ pub fn release_all_now(host: &dyn Host, shared: &RefCell<Shared>, now_ms: u64) {
 fn refuse_without_clock(host: &dyn Host, shared: &RefCell<Shared>) -> Verdict {
     let reason = DenyReason::ClockUnavailable;
     shared.borrow().metrics.denied(host, &reason);
-    if writes_filter_state(shared) {
-        let _ = host.set_property("claimgate.decision", b"deny");
-        let _ = host.set_property("claimgate.reason", reason.code().as_bytes());
-    }
+    publish_refusal(host, shared, "deny", reason.code());
     let status = reason.response().status;
     send(
         host,
@@ -486,7 +483,7 @@ fn remove_token_cookies(
 /// deny. Values from the token or the policy are encoded, so they cannot forge log lines.
 /// Best effort: the decision does not depend on it. Not written under `filter_state = "none"`.
 fn publish(host: &dyn Host, engine: &Engine, decision: &Decision) {
-    if engine.policy().filter_state == FilterState::None {
+    if !writes_filter_state(engine) {
         return;
     }
     let _ = host.set_property("claimgate.decision", decision.outcome().as_bytes());
@@ -514,9 +511,17 @@ fn publish(host: &dyn Host, engine: &Engine, decision: &Decision) {
     }
 }
 
-/// Whether the root's policy has decisions written into the filter state (see [`publish`]).
-fn writes_filter_state(shared: &RefCell<Shared>) -> bool {
-    shared.borrow().engine.policy().filter_state == FilterState::All
+/// Whether the policy has decisions written into the filter state (`filter_state`).
+fn writes_filter_state(engine: &Engine) -> bool {
+    engine.policy().filter_state == FilterState::All
+}
+
+/// [`publish`] for a refusal the engine did not decide (no clock, a failing host).
+fn publish_refusal(host: &dyn Host, shared: &RefCell<Shared>, outcome: &str, reason: &str) {
+    if writes_filter_state(&shared.borrow().engine) {
+        let _ = host.set_property("claimgate.decision", outcome.as_bytes());
+        let _ = host.set_property("claimgate.reason", reason.as_bytes());
+    }
 }
 
 fn json(text: &str) -> String {
@@ -548,10 +553,7 @@ fn send(
 /// The host failed the filter: fail closed with a 500.
 fn fail(host: &dyn Host, shared: &RefCell<Shared>, what: &str, error: HostError) -> Verdict {
     log::error!("claimgate: {what} ({error}): request refused");
-    if writes_filter_state(shared) {
-        let _ = host.set_property("claimgate.decision", b"error");
-        let _ = host.set_property("claimgate.reason", b"filter_error");
-    }
+    publish_refusal(host, shared, "error", "filter_error");
     shared.borrow().metrics.bump(host, Counter::HostFailure);
     send(host, shared, 500, &[], &error_body("filter_error", 500))
 }
