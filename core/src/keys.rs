@@ -527,7 +527,8 @@ fn bit_length(number: &[u8]) -> usize {
     }
 }
 
-/// The RSA keys accepted: a modulus of 2048 to 4096 bits, odd, and the exponent 65537.
+/// claimgate's RSA key policy: a modulus of 2048 to 4096 bits and the exponent 65537 (what
+/// any RSA key needs, such as an odd modulus, [`RsaKey::new`] checks).
 fn check_rsa_key(n: &[u8], e: &[u8]) -> Result<(), JwkError> {
     let invalid = || JwkError::InvalidKey(INVALID_PUBLIC_KEY.to_owned());
     let bits = bit_length(n);
@@ -536,9 +537,6 @@ fn check_rsa_key(n: &[u8], e: &[u8]) -> Result<(), JwkError> {
     }
     if bits > MAX_RSA_MODULUS_BITS {
         return Err(JwkError::InvalidKey(UNSUPPORTED_RSA_MODULUS.to_owned()));
-    }
-    if n.last().is_none_or(|low| low & 1 == 0) {
-        return Err(invalid());
     }
     if e.iter()
         .skip_while(|byte| **byte == 0)
