@@ -75,8 +75,9 @@ pub enum VerifyMode {
     WhenRequired,
 }
 
-/// A compiled, ready-to-evaluate policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A compiled, ready-to-evaluate policy. The default is the empty policy (no issuers, no
+/// rules, every setting at its default), which tests build on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompiledPolicy {
     /// Human name of the policy (from the file name or `name`).
     pub name: String,

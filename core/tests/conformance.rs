@@ -18,9 +18,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claimgate_core::algorithm::ALL_ALGORITHMS;
-use claimgate_core::compiled::{
-    CompiledIssuer, CompiledPolicy, PathIndex, Revocations, TokenSettings,
-};
+use claimgate_core::compiled::{CompiledIssuer, CompiledPolicy};
 use claimgate_core::engine::{Engine, RemoteKeys};
 use claimgate_core::keys::parse_jwks;
 use claimgate_core::token;
@@ -249,19 +247,8 @@ fn issuer_for(
 fn engine_with(issuer: CompiledIssuer) -> Engine {
     let policy = CompiledPolicy {
         name: "vectors".into(),
-        mode: Default::default(),
-        default: Default::default(),
         issuers: vec![issuer],
-        rules: vec![],
-        roles: vec![],
-        path_index: PathIndex::default(),
-        revoked: Revocations::default(),
-        token: TokenSettings::default(),
-        path_parameters: Default::default(),
-        cors_preflight: Default::default(),
-        filter_state: Default::default(),
-        statuses: Default::default(),
-        claims: vec![],
+        ..CompiledPolicy::default()
     };
     Engine::new(policy, String::new()).unwrap()
 }

@@ -755,9 +755,8 @@ fn blob_refuses_corruption_with_reasons() {
     // Past a valid digest: a deflated payload cut short, not DEFLATE at all, or one that
     // inflates without bound (cut off at the limit, never allocated whole).
     let wrap = |deflated: &[u8]| {
-        let hex = blob::sha256_hex(deflated);
         let mut out = bytes[..6].to_vec();
-        out.extend((0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()));
+        out.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(deflated));
         out.extend_from_slice(deflated);
         out
     };
@@ -774,6 +773,10 @@ fn blob_refuses_corruption_with_reasons() {
         "truncated"
     );
     assert_eq!(inflate_error(&wrap(&[0xff; 64])), "not a DEFLATE stream");
+    // Bytes after the final block (an inflater ignores them): the same policy would decode
+    // under any number of digests (found in review).
+    let junk = [&bytes[38..], b"appended junk after the final block"].concat();
+    assert!(inflate_error(&wrap(&junk)).ends_with("bytes after the final block"));
     let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; blob::MAX_PAYLOAD_BYTES + 1], 9);
     assert!(bomb.len() < 1_000_000, "{}", bomb.len());
     assert!(inflate_error(&wrap(&bomb)).starts_with("more than"));

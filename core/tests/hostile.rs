@@ -1030,6 +1030,37 @@ fn signatures() {
             "bad_signature",
         ),
     ];
+    // HMAC tags other than the full one (found holding in the review of the pure-Rust path:
+    // the tag is compared whole, in constant time).
+    let good_hs = hs(json!({}));
+    let tag = signature_of(&good_hs);
+    for (what, token) in [
+        ("HMAC tag empty", with_signature(&good_hs, &[])),
+        ("HMAC tag one byte", with_signature(&good_hs, &tag[..1])),
+        ("HMAC tag half", with_signature(&good_hs, &tag[..16])),
+        (
+            "HMAC tag extended",
+            with_signature(&good_hs, &[tag.clone(), vec![0]].concat()),
+        ),
+        ("HMAC tag all zero", with_signature(&good_hs, &[0; 32])),
+    ] {
+        cases.push(case(what, score(&token), 401, "bad_signature"));
+    }
+    // Relabelled: an HS256 tag under HS512, and `none` without a tag.
+    let hs512 = hs_header(r#"{"alg":"HS512","typ":"JWT"}"#);
+    cases.push(case(
+        "HS256 tag as HS512",
+        score(&hs512),
+        401,
+        "algorithm_not_allowed",
+    ));
+    let none = with_signature(&hs_header(r#"{"alg":"none","typ":"JWT"}"#), &[]);
+    cases.push(case(
+        "HS token as none",
+        score(&none),
+        401,
+        "algorithm_not_allowed",
+    ));
     // High-S: (r, n - s) verifies mathematically. JWS (RFC 7518 §3.4) does not require low-S;
     // the filter's verifier accepts it like BoringSSL (Envoy's jwt_authn) does, and the token
     // cache is keyed by the token text, so malleability only costs one more verification.

@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claimgate_core::algorithm::{ALL_ALGORITHMS, Algorithm};
-use claimgate_core::compiled::{
-    CompiledIssuer, CompiledPolicy, PathIndex, Revocations, TokenSettings,
-};
+use claimgate_core::compiled::{CompiledIssuer, CompiledPolicy};
 use claimgate_core::engine::{Engine, RemoteKeys};
 use claimgate_core::keys::{
     Curve, JwkKey, KeyMaterial, MAX_KID_CHARS, Verifier, parse_jwk, printable,
@@ -57,22 +55,7 @@ fn engine(keys: Vec<JwkKey>, hmac_secret: Option<Vec<u8>>) -> Engine {
         require_expiry: false,
         ..CompiledIssuer::new("idp", ISS, ALL_ALGORITHMS.to_vec())
     };
-    let policy = CompiledPolicy {
-        name: "signature-parity".into(),
-        mode: Default::default(),
-        default: Default::default(),
-        issuers: vec![issuer],
-        rules: vec![],
-        roles: vec![],
-        path_index: PathIndex::default(),
-        revoked: Revocations::default(),
-        token: TokenSettings::default(),
-        path_parameters: Default::default(),
-        cors_preflight: Default::default(),
-        filter_state: Default::default(),
-        statuses: Default::default(),
-        claims: vec![],
-    };
+    let policy = policy_with(issuer);
     Engine::new(policy, String::new()).unwrap()
 }
 
@@ -360,19 +343,8 @@ fn engine_for(iss: &str, keys: Vec<JwkKey>, hmac_secret: Option<Vec<u8>>) -> Eng
 fn policy_with(issuer: CompiledIssuer) -> CompiledPolicy {
     CompiledPolicy {
         name: "signature-parity".into(),
-        mode: Default::default(),
-        default: Default::default(),
         issuers: vec![issuer],
-        rules: vec![],
-        roles: vec![],
-        path_index: PathIndex::default(),
-        revoked: Revocations::default(),
-        token: TokenSettings::default(),
-        path_parameters: Default::default(),
-        cors_preflight: Default::default(),
-        filter_state: Default::default(),
-        statuses: Default::default(),
-        claims: vec![],
+        ..CompiledPolicy::default()
     }
 }
 
