@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 import harness as h  # noqa: E402
+import empty_wasm  # noqa: E402
 import report  # noqa: E402
 import tokens as tk  # noqa: E402
 
@@ -234,6 +235,15 @@ class Envoy:
                 pass  # a thread that ended between listing and reading
         return total
 
+    def heap(self):
+        """Envoy's allocator: bytes its objects hold (`allocated`) and bytes it took from the
+        system (`heap_size`, freed memory it keeps included), from the admin `/memory`."""
+        try:
+            memory = json.loads(self.admin("/memory"))
+            return {key: int(memory[key]) for key in ("allocated", "heap_size")}
+        except (OSError, ValueError, KeyError):
+            return None
+
     def rss_kib(self):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -378,6 +388,13 @@ def expected_minutes(profile, minted):
     return (rounds * (cold + garbage + warm + windows) + scale + mint + 40) / 60
 
 
+def record_memory(results, label, envoy):
+    results["memory"][label] = envoy.rss_kib()
+    heap = envoy.heap()
+    if heap:
+        results.setdefault("heap", {})[label] = heap
+
+
 def machine_facts(binary):
     def first(path, prefix):
         for line in Path(path).read_text().splitlines():
@@ -512,6 +529,11 @@ def main():
                 for setup in ("native+cache", "claimgate"):
                     envoys[setup + " warm"] = Envoy(setup + " warm", binary, specs[setup], run_dir / (setup.replace("+", "-") + "-warm"), args.envoy_cpu)
                 envoys["claimgate lean warm"] = Envoy("claimgate lean warm", binary, [h.wasm_filter(lean_policy)], run_dir / "claimgate-lean-warm", args.envoy_cpu)
+            # Memory only: the smallest Wasm filter, so the report can tell V8's own cost from
+            # claimgate's. It answers a few requests and is never measured for CPU.
+            empty_module = run_dir / "empty-filter.wasm"
+            empty_module.write_bytes(empty_wasm.module_bytes())
+            envoys["empty Wasm filter"] = Envoy("empty Wasm filter", binary, [h.wasm_filter_with("", wasm=str(empty_module))], run_dir / "empty-wasm", args.envoy_cpu)
             for envoy in envoys.values():
                 if not envoy.wait_ready():
                     raise SystemExit(f"{envoy.label} did not become ready")
@@ -545,6 +567,10 @@ def main():
         # Statuses first: a setup answering the wrong status is misconfigured, and a
         # misconfigured setup must not look fast.
         log("checking statuses …")
+        if "empty Wasm filter" in envoys:
+            got = envoys["empty Wasm filter"].statuses([None] * 20)
+            if got != [200] * 20:
+                raise SystemExit(f"the empty Wasm filter answers {sorted(set(got))} (expected 200)")
         for scenario in scenarios:
             for setup in SETUPS:
                 sample = files[scenario.name]["warmup" if scenario.limit else "all"][1][:3]
@@ -576,7 +602,7 @@ def main():
                     log(f"  {scenario.name:<14} {setup:<13} {window['cpu_us']:8.1f} µs/req {window['rps']:9.0f} req/s  p99 {window['p99_ms'] or 0:.2f} ms  cx/req {window['connections'] / max(window['requests'], 1):.4f}")
 
         for label, envoy in envoys.items():
-            results["memory"][label] = envoy.rss_kib()
+            record_memory(results, label, envoy)
         for envoy in envoys.values():
             envoy.stop()
         envoys.clear()
@@ -665,7 +691,7 @@ def scale_phase(profile, population, jwks, run_dir, binary, args, loader, result
                 results["windows"].append(window)
                 log(f"  {label:<20} {window['cpu_us']:8.1f} µs/req {window['rps']:9.0f} req/s")
         for label, envoy in envoys.items():
-            results["memory"][f"rules: {label}"] = envoy.rss_kib()
+            record_memory(results, f"rules: {label}", envoy)
     finally:
         for envoy in envoys.values():
             envoy.stop()
