@@ -557,7 +557,10 @@ def main():
                 files[scenario.name] = slice_files(population, scenario.tokens_name, run_dir, profile, rounds)
                 sample = files[scenario.name]["warmup"][1]
             else:
-                lines = mixed[:1] if scenario.name.startswith("warm-1") else mixed
+                lines = mixed[:1] if scenario.tokens_name == "warm-1" else mixed
+                distinct = 1 if scenario.tokens_name == "warm-1" else profile["warm_tokens"]
+                if len(set(lines)) != distinct:  # a warm scenario is defined by its token count
+                    raise SystemExit(f"{scenario.name} would send {len(set(lines)):,} distinct tokens, not {distinct:,}")
                 path = run_dir / f"{scenario.name}.txt"
                 path.write_text("\n".join(lines) + "\n")
                 files[scenario.name] = {"all": (path, lines)}
