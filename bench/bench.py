@@ -44,6 +44,9 @@ import tokens as tk  # noqa: E402
 
 SETUPS = ["none", "native", "native+cache", "claimgate"]
 GARBAGE = {"garbage-kid": "garbage-kid", "garbage-nokid": "garbage-nokid"}
+FETCH_WORKERS = 4
+FETCH_REFRESH_S = 10  # the shortest refresh period a policy may ask for
+FETCH_PERIODS = 3
 DIRECT_OK = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
 WORK = ROOT / "target" / "bench"
 
@@ -126,9 +129,10 @@ def rbac_policy(path, issuers=("keycloak", "entra")):
     }
 
 
-def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra"), filter_state=None):
+def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra"), filter_state=None, jwks_uri=None):
     """The same decision in claimgate's language: `rules` is [(name, path)]; `filter_state`
-    "none" leaves the decision out of the filter state (which native's filters do not write)."""
+    "none" leaves the decision out of the filter state (which native's filters do not write);
+    `jwks_uri` has the Keycloak keys fetched."""
     text = ['version = 1', 'name = "bench"', 'default = "deny"']
     text += [f'filter_state = "{filter_state}"'] if filter_state else []
     text += [""]
@@ -154,6 +158,8 @@ def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra"), filter_stat
             f'jwks = {{ file = "{jwks_dir}/entra.jwks.json" }}',
             "",
         ]
+    if jwks_uri:  # the Keycloak keys fetched from a key server instead of a file
+        text = [line.replace(f'jwks = {{ file = "{jwks_dir}/keycloak.jwks.json" }}', f'jwks = {{ uri = "{jwks_uri}", cluster = "jwks", refresh = "{FETCH_REFRESH_S}s", timeout = "2s" }}') for line in text]
     names = json.dumps(list(issuers))
     for name, path in rules:
         text += ["[[rules]]", f'name = "{name}"', 'methods = ["GET"]', f'paths = ["{path}"]', f'allow = {{ issuers = {names}, roles_any = ["{tk.ROLE}"] }}', ""]
@@ -435,7 +441,7 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="seconds: every setup answers as expected with connections kept alive; writes under target/bench/smoke")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 4, quick 2)")
     parser.add_argument("--envoy", default=None, help="Envoy version (1.36, 1.40) or binary (default: the newest pinned one)")
-    parser.add_argument("--only", default="", help="comma-separated scenario groups: cold,warm,garbage,scale (default: all)")
+    parser.add_argument("--only", default="", help="comma-separated scenario groups: cold,warm,garbage,fetch,scale (default: all)")
     parser.add_argument("--algorithms", default="", help="comma-separated algorithms of the cold path (default: all seven)")
     parser.add_argument("--rules", default="", help="comma-separated rule counts for the scale scenario")
     parser.add_argument("--envoy-cpu", type=int, default=0)
@@ -464,9 +470,10 @@ def main():
         profile["algorithms"] = args.algorithms.split(",")
     if args.rules:
         profile["rules"] = [int(n) for n in args.rules.split(",")]
-    groups = set(args.only.split(",")) if args.only else {"cold", "warm", "garbage", "scale"}
+    groups = set(args.only.split(",")) if args.only else {"cold", "warm", "garbage", "fetch", "scale"}
     if args.smoke:
         groups.discard("scale")  # an Envoy start per rule count: seconds the smoke cannot spare
+        groups.discard("fetch")  # three refresh periods of 10 s
 
     binaries = h.envoy_binaries()
     binary = args.envoy or binaries[-1]
@@ -610,6 +617,8 @@ def main():
             envoy.stop()
         envoys.clear()
 
+        if "fetch" in groups:
+            fetch_phase(population, run_dir, binary, results, population.tokens["warm-keycloak"][0])
         if "scale" in groups:
             scale_phase(profile, population, jwks, run_dir, binary, args, loader, results, mixed[0])
     finally:
@@ -626,6 +635,53 @@ def main():
     bad = [w for w in results["windows"] if not report.window_ok(w)]
     if bad:
         raise SystemExit(f"{len(bad)} windows answered unexpected statuses or opened connections: the comparison is void (see {args.out})")
+
+
+def fetch_phase(population, run_dir, binary, results, token):
+    """Target 4: claimgate in one Envoy with 4 workers fetching the Keycloak keys from a key
+    server that counts the fetches, for a few refresh periods, requests spread over every
+    worker (one connection each)."""
+    times = []
+    keys = h.JwksServer(json.dumps(population.jwks("keycloak")))
+    handler = keys.server.RequestHandlerClass
+    serve = handler.do_GET
+
+    def counted(request):
+        times.append(time.monotonic())
+        serve(request)
+
+    handler.do_GET = counted
+    upstream = h.Upstream()
+    text = claimgate_policy(population.folder, [("score", "/score")], issuers=("keycloak",), jwks_uri=f"http://127.0.0.1:{keys.port}/keys")
+    plugin_config, _, _ = compile_policy(run_dir, "fetch", text)
+    folder = run_dir / "fetch"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = h.envoy_config(plugin_config, h.free_port(), h.free_port(), upstream.port, keys.port)
+    envoy = h.Envoy(binary, config, folder, concurrency=FETCH_WORKERS, log_args=("--log-level", "warning"))
+    try:
+        envoy.wait_ready()
+        started = time.monotonic()
+        statuses = []
+        while time.monotonic() - started < FETCH_PERIODS * FETCH_REFRESH_S:
+            statuses += [envoy.request("/score", token=token)[0] for _ in range(2 * FETCH_WORKERS)]
+            time.sleep(0.5)
+        stats = envoy.stats()
+        counter = lambda suffix: sum(int(v) for k, v in stats.items() if k.endswith(suffix) and v.strip().isdigit())
+        results["fetch"] = {
+            "workers": FETCH_WORKERS,
+            "refresh_s": FETCH_REFRESH_S,
+            "seconds": round(time.monotonic() - started, 1),
+            "fetches": len(times),
+            "fetch_gaps_s": [round(b - a, 1) for a, b in zip(times, times[1:])],
+            "adopted": counter("claimgate.jwks_adopted_total"),
+            "requests": len(statuses),
+            "ok": statuses.count(200),
+        }
+        log(f"fetch: {len(times)} fetches in {results['fetch']['seconds']} s with {FETCH_WORKERS} workers, {results['fetch']['adopted']} adoptions, {statuses.count(200)}/{len(statuses)} answered 200")
+    finally:
+        envoy.stop()
+        keys.stop()
+        upstream.stop()
 
 
 def scale_phase(profile, population, jwks, run_dir, binary, args, loader, results, token):
