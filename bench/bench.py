@@ -45,6 +45,7 @@ import tokens as tk  # noqa: E402
 SETUPS = ["none", "native", "native+cache", "claimgate"]
 GARBAGE = {"garbage-kid": "garbage-kid", "garbage-nokid": "garbage-nokid"}
 FETCH_WORKERS = 4
+COMPILE_RUNS = 3
 FETCH_REFRESH_S = 10  # the shortest refresh period a policy may ask for
 FETCH_PERIODS = 3
 DIRECT_OK = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
@@ -703,8 +704,11 @@ def scale_phase(profile, population, jwks, run_dir, binary, args, loader, result
                 log(f"rules {count:,}: compile exceeded {COMPILE_TIMEOUT} s")
             else:
                 plugin, seconds, size = compiled
-                results["compile"][str(count)] = {"seconds": seconds, "bytes": size}
-                log(f"rules {count:,}: compiled in {seconds:.2f} s, pluginConfig {size / 1024:.0f} KiB")
+                # The first run pays for fresh pages from the kernel (most of its extra time is
+                # system time); two more runs give the figure a user who compiles again sees.
+                runs = [seconds] + [(compile_policy(run_dir, f"rules-{count}", claimgate_policy(population.folder, rules, keycloak_only), COMPILE_TIMEOUT) or (None, float(COMPILE_TIMEOUT)))[1] for _ in range(COMPILE_RUNS - 1)]
+                results["compile"][str(count)] = {"seconds": statistics.median(runs), "runs": runs, "bytes": size}
+                log(f"rules {count:,}: compiled in {', '.join(f'{r:.2f}' for r in runs)} s, pluginConfig {size / 1024:.0f} KiB")
                 specs[f"claimgate {count}"] = [h.wasm_filter(plugin)]
             for label, filters in specs.items():
                 folder = run_dir / label.replace(" ", "-").replace("+", "-")

@@ -176,7 +176,9 @@ def _targets(add, results, summary):
         if secs is None:
             add("| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | stopped after the time limit (see notes) | **NOT met** |")
         else:
-            add(f"| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | {secs:.2f} s | {verdict(secs, 2.0).replace('×', ' s')} |")
+            runs = compile_["100000"].get("runs") or [secs]
+            spread = f" (median of {len(runs)} runs: {', '.join(f'{r:.2f}' for r in runs)} s; the first pays for fresh pages)" if len(runs) > 1 else ""
+            add(f"| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | {secs:.2f} s{spread} | {verdict(secs, 2.0).replace('×', ' s')} |")
     memory = results.get("memory", {})
     pairs = [
         ("rules: claimgate 10", "rules: native+cache 10", "one token cached: the rule-scale Envoys with 10 rules"),
@@ -310,7 +312,7 @@ def _scale(add, results):
         "(`GET /m{i}/score`, role `ml-scorer`); the request names the last one written (RBAC's policies are evaluated in name "
         "order, so it is native's worst case), one warm Keycloak token. µs of Envoy CPU per request, median [min–max] over rounds.")
     add("")
-    add("| rules | compile (s) | pluginConfig | claimgate µs | added | req/s | p99 ms | native+cache µs | added | req/s | p99 ms | Envoy ready: claimgate / native (s) |")
+    add("| rules | compile (s, median) | pluginConfig | claimgate µs | added | req/s | p99 ms | native+cache µs | added | req/s | p99 ms | Envoy ready: claimgate / native (s) |")
     add("|---|---|---|---|---|---|---|---|---|---|---|---|")
     startup = results.get("startup", {})
     compile_ = results.get("compile", {})
