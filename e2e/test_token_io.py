@@ -58,16 +58,18 @@ allow = "anyone"
 """
 
 
-def start(binary, work, forward):
-    policy = work / f"policy-{forward}.toml"
-    policy.write_text(POLICY.format(a=A, b=B, forward="" if forward else "forward = false\n"))
+def start(binary, work, forward, token_keys="", label=None):
+    """Envoy with POLICY (`forward` false: `forward = false`; `token_keys`: more `[token]` keys)."""
+    label = label or str(forward)
+    policy = work / f"policy-{label}.toml"
+    policy.write_text(POLICY.format(a=A, b=B, forward=("" if forward else "forward = false\n") + token_keys))
     upstream = h.Upstream()
     config = h.envoy_config(h.compile_policy(policy), h.free_port(), h.free_port(), upstream.port, h.free_port())
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     # The access log without the path (its query holds tokens here: Envoy's own line, not
     # the filter's, which is what this test is about).
     manager["access_log"] = [h.access_log("ACCESS %RESPONSE_CODE% decision=%FILTER_STATE(wasm.claimgate.decision:PLAIN)% reason=%FILTER_STATE(wasm.claimgate.reason:PLAIN)%")]
-    run = work / f"envoy-{forward}"
+    run = work / f"envoy-{label}"
     run.mkdir()
     envoy = h.Envoy(binary, config, run, concurrency=1, log_args=("--log-level", "info", "--component-log-level", "wasm:trace"))
     envoy.wait_ready()
@@ -188,6 +190,24 @@ def test_claims_reach_the_upstream_and_spoofed_copies_never(gate):
         seen, _, _ = check(g, path, headers + spoof + [("x_tenant", "evil")], 200)
         for name in ("x-tenant", "x-groups", "x-jwt-payload", "x_tenant"):
             assert name not in seen, (path, name, seen)
+
+
+def test_only_the_named_identity_headers_reach_the_upstream(gate):
+    """`identity_headers = ["subject", "policy-version"]`: the upstream sees those two, the
+    claims headers of the issuer, and no client-sent copy of the ones no longer set."""
+    g = gate
+    envoy, upstream, policy = start(g["binary"], g["work"], True, 'identity_headers = ["subject", "policy-version"]\n', label="named")
+    g.setdefault("stop", []).extend([envoy.stop, upstream.stop])
+    ta = mint(g, "a-1", A, tid="t-1")
+    spoof = [("x-claimgate-rule", "admin"), ("X-Claimgate-Roles", "ml-admin"), ("x_claimgate_issuer", "b")]
+    status, answer = send(g, "/private", [("x-jwt-assertion", ta)] + spoof, envoy=envoy)
+    assert status == 200, answer
+    seen = answer["headers"]
+    identity = sorted(name for name in seen if name.startswith(("x-claimgate", "x_claimgate")))
+    assert identity == ["x-claimgate-policy-version", "x-claimgate-subject"], seen
+    assert seen["x-claimgate-subject"] == "alice" and seen.get("x-tenant") == "t-1"
+    explained = explain(g, "/private", [("x-jwt-assertion", ta)], policy=policy)
+    assert sorted(n for n, _ in explained["upstream_headers"] if n.startswith("x-claimgate")) == identity
 
 
 def test_forward_false_removes_the_token_cookie(gate):

@@ -22,7 +22,7 @@ use crate::engine::Engine;
 /// Blob magic bytes.
 pub const MAGIC: &[u8; 4] = b"CGPB";
 /// Current blob format version.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 const HEADER_LEN: usize = 4 + 2 + 32;
 /// Largest inflated payload accepted: far above any real policy (100,000 rules are about
 /// 15 MB), low enough that a crafted blob cannot make the filter allocate without bound.

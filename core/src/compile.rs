@@ -36,7 +36,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::compiled::{CompiledPolicy, TokenSettings};
+use crate::compiled::{CompiledPolicy, IdentityHeader, TokenSettings};
 use crate::source::{PolicySource, TokenSource};
 use diagnostics::Context;
 pub use diagnostics::{Diagnostic, Severity};
@@ -132,12 +132,35 @@ fn token_settings(cx: &mut Context<'_>, source: &TokenSource) -> Option<TokenSet
     }
     let locations =
         locations::policy_locations(cx, source, &source.identity_header_prefix.span(), &prefix);
+    let identity_headers = identity_headers(cx, source);
     (!cx.errors_since(mark)).then_some(TokenSettings {
         locations,
         forward_token: source.forward,
         identity_header_prefix: prefix,
         verify: source.verify,
+        identity_headers,
     })
+}
+
+/// `[token] identity_headers`, each named once (all six when the key is absent).
+fn identity_headers(cx: &mut Context<'_>, source: &TokenSource) -> Vec<IdentityHeader> {
+    let Some(named) = &source.identity_headers else {
+        return IdentityHeader::ALL.to_vec();
+    };
+    let mut headers = Vec::with_capacity(named.len());
+    for header in named {
+        if headers.contains(header.get_ref()) {
+            cx.error(
+                "duplicate",
+                &header.span(),
+                "this identity header is named twice in `identity_headers`".to_owned(),
+                "name each identity header once",
+            );
+        } else {
+            headers.push(*header.get_ref());
+        }
+    }
+    headers
 }
 
 /// Compiles a policy file's text. `file` names it in diagnostics; `read` loads JWKS files.
@@ -261,6 +284,22 @@ pub(crate) mod tests {
 
     pub(crate) fn kinds_of(diagnostics: &[Diagnostic]) -> Vec<&'static str> {
         diagnostics.iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn identity_headers_are_named_once_from_the_six() {
+        let errors = errors_of(
+            "version = 1\n[token]\nidentity_headers = [\"subject\", \"roles\", \"subject\"]\n",
+        );
+        assert_eq!(kinds_of(&errors), ["duplicate"]);
+        assert_eq!((errors[0].line, errors[0].column), (3, 41));
+        let errors = errors_of("version = 1\n[token]\nidentity_headers = [\"subjet\"]\n");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!((errors[0].line, errors[0].column), (3, 21));
+        assert!(
+            errors[0].hint.as_deref().unwrap_or("").contains("subject"),
+            "{errors:#?}"
+        );
     }
 
     #[test]

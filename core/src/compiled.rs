@@ -125,6 +125,40 @@ pub enum FilterState {
     None,
 }
 
+/// One of the identity headers set on an allowed request with a verified caller, named by
+/// what follows the identity prefix (`x-claimgate-subject` is `subject`). Each is a host call
+/// on every such request: a policy names the ones its upstreams read (`[token]
+/// identity_headers`); client-sent copies of all of them are removed either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "compiler", derive(schemars::JsonSchema))]
+pub enum IdentityHeader {
+    /// The verified subject (`sub`, or the issuer's `subject_claim`).
+    Subject,
+    /// The issuer's name in the policy.
+    Issuer,
+    /// The calling client, when the token names one.
+    Client,
+    /// Roles and groups, each percent-encoded, joined with `,`.
+    Roles,
+    /// The rule that allowed the request.
+    Rule,
+    /// The policy's digest (`sha256:…`).
+    PolicyVersion,
+}
+
+impl IdentityHeader {
+    /// Every identity header, in the order they are set: the default.
+    pub const ALL: [IdentityHeader; 6] = [
+        IdentityHeader::Subject,
+        IdentityHeader::Issuer,
+        IdentityHeader::Client,
+        IdentityHeader::Roles,
+        IdentityHeader::Rule,
+        IdentityHeader::PolicyVersion,
+    ];
+}
+
 /// What happens to a CORS preflight request (`OPTIONS` with non-empty `origin` and
 /// `access-control-request-method` headers; browsers never send a token with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -557,6 +591,8 @@ pub struct TokenSettings {
     pub identity_header_prefix: String,
     /// When a present token is verified, for rules that do not say.
     pub verify: VerifyMode,
+    /// The identity headers set on an allowed request with a verified caller (each once).
+    pub identity_headers: Vec<IdentityHeader>,
 }
 
 impl TokenSettings {
@@ -580,6 +616,7 @@ impl Default for TokenSettings {
             forward_token: true,
             identity_header_prefix: "x-claimgate-".to_owned(),
             verify: VerifyMode::default(),
+            identity_headers: IdentityHeader::ALL.to_vec(),
         }
     }
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compiled::{
-    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, FilterState, Mode,
-    PathParameters, Statuses, VerifyMode,
+    AudienceMatch, BeforeFirstFetch, CorsPreflight, DefaultAction, FilterState, IdentityHeader,
+    Mode, PathParameters, Statuses, VerifyMode,
 };
 
 /// A policy file.
@@ -99,6 +99,12 @@ pub struct TokenSource {
     /// identity look at the token.
     #[serde(default)]
     pub verify: VerifyMode,
+    /// The identity headers set on an allowed request with a verified caller, by what follows
+    /// the prefix: `subject`, `issuer`, `client`, `roles`, `rule`, `policy-version`; default
+    /// all six. Each is a host call on every such request: name the ones the upstreams read.
+    /// Client-sent headers under the prefix are removed whatever this says.
+    #[schemars(with = "Option<Vec<IdentityHeader>>")]
+    pub identity_headers: Option<Vec<Spanned<IdentityHeader>>>,
 }
 
 impl Default for TokenSource {
@@ -110,6 +116,7 @@ impl Default for TokenSource {
             forward: true,
             identity_header_prefix: Spanned::new(0..0, default_identity_prefix_text()),
             verify: VerifyMode::default(),
+            identity_headers: None,
         }
     }
 }

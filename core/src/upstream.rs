@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::compiled::{CompiledIssuer, CompiledPolicy};
+use crate::compiled::{CompiledIssuer, CompiledPolicy, IdentityHeader};
 use crate::engine::{Engine, Identity};
 use crate::token::DecodedToken;
 
@@ -84,6 +84,18 @@ impl IdentityHeaderNames {
             rule: format!("{prefix}rule"),
             policy_version: format!("{prefix}policy-version"),
             claim_headers: Vec::new(),
+        }
+    }
+
+    /// The name of one identity header.
+    pub fn name_of(&self, header: IdentityHeader) -> &str {
+        match header {
+            IdentityHeader::Subject => &self.subject,
+            IdentityHeader::Issuer => &self.issuer,
+            IdentityHeader::Client => &self.client,
+            IdentityHeader::Roles => &self.roles,
+            IdentityHeader::Rule => &self.rule,
+            IdentityHeader::PolicyVersion => &self.policy_version,
         }
     }
 

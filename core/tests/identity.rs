@@ -188,6 +188,45 @@ fn a_verified_caller_on_a_public_path_carries_its_identity_upstream() {
     assert!(d.allowed && d.identity.is_none() && e.upstream_headers(&d).is_empty());
 }
 
+/// `[token] identity_headers`: exactly the named identity headers are set, in the order
+/// they are set by default; all six (`client` only when the token names one) without it.
+#[test]
+fn only_the_identity_headers_the_policy_names_are_set() {
+    let names = |head: &str, extra: Value| -> Vec<String> {
+        let e = engine(&policy(head, PUBLIC));
+        let d = decide(&e, "GET", "/health", Some(&token(extra)));
+        assert!(d.allowed && d.identity.is_some(), "{d:?}");
+        e.upstream_headers(&d)
+            .into_iter()
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    };
+    let all = [
+        "x-claimgate-subject",
+        "x-claimgate-issuer",
+        "x-claimgate-roles",
+        "x-claimgate-rule",
+        "x-claimgate-policy-version",
+    ];
+    assert_eq!(names("", json!({})), all);
+    assert_eq!(
+        names("", json!({"azp": "scoring-app"})),
+        [&all[..2], &["x-claimgate-client"], &all[2..]].concat()
+    );
+    let some = "[token]\nidentity_headers = [\"roles\", \"subject\"]";
+    assert_eq!(
+        names(some, json!({"azp": "scoring-app"})),
+        ["x-claimgate-roles", "x-claimgate-subject"]
+    );
+    let client_only = "[token]\nidentity_headers = [\"client\"]";
+    assert!(names(client_only, json!({})).is_empty());
+    assert_eq!(
+        names(client_only, json!({"azp": "scoring-app"})),
+        ["x-claimgate-client"]
+    );
+    assert!(names("[token]\nidentity_headers = []", json!({})).is_empty());
+}
+
 #[test]
 fn when_required_keeps_the_old_behaviour_and_a_rule_can_tighten_it() {
     let rules = r#"

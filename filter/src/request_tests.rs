@@ -219,6 +219,50 @@ fn a_non_utf8_token_header_is_a_malformed_token() {
     assert_eq!(error_of(&host, 2), (401, "malformed_token".to_owned()));
 }
 
+/// `identity_headers` with `filter_state = "none"`: a warm allowed request sets only the
+/// header named (5 host calls instead of 13), and client-sent copies of the headers it no
+/// longer sets are still removed.
+#[test]
+fn only_the_named_identity_headers_are_set_and_the_others_still_removed() {
+    let key = Key::new("k1");
+    let policy = POLICY.replacen(
+        "name = \"unit\"",
+        "name = \"unit\"\nfilter_state = \"none\"\n[token]\nidentity_headers = [\"subject\"]",
+        1,
+    );
+    assert_ne!(policy, POLICY);
+    let (host, shared) = ready_with(&policy, &[&key]);
+    let t = token(&key, &[]);
+    let mut request = testing::request("/score", Some(&t));
+    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
+    host.state.borrow_mut().calls.clear();
+    request.push((b"x-claimgate-rule".to_vec(), b"admin-only".to_vec()));
+    request.push((b"X-Claimgate-Policy-Version".to_vec(), b"sha256:0".to_vec()));
+    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
+    let calls = host.state.borrow().calls.clone();
+    assert_eq!(
+        calls,
+        [
+            "now_ms",
+            "request_headers",
+            "increment_metric",      // token_cache_hit_total
+            "increment_metric",      // allowed_total
+            "remove_request_header", // x-claimgate-rule, sent by the client
+            "remove_request_header", // X-Claimgate-Policy-Version, sent by the client
+            "set_request_header",    // subject
+        ]
+    );
+    assert!(host.header(3, "x-claimgate-subject").is_some());
+    for name in [
+        "x-claimgate-rule",
+        "X-Claimgate-Policy-Version",
+        "x-claimgate-roles",
+        "x-claimgate-issuer",
+    ] {
+        assert_eq!(host.header(3, name), None, "{name}");
+    }
+}
+
 #[test]
 fn spoofed_identity_headers_are_never_seen_by_rules_and_removed() {
     let key = Key::new("k1");

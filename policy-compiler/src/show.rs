@@ -240,7 +240,7 @@ fn policy_summary(config: &Value) -> Result<Value, String> {
         "revoked": { "subjects": policy.revoked.subjects.len(), "token_ids": policy.revoked.token_ids.len() },
         "token_headers": policy.token.locations.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
         "forward_token": policy.token.forward_token,
-        "upstream_headers": [names.subject, names.issuer, names.client, names.roles, names.rule, names.policy_version],
+        "upstream_headers": policy.token.identity_headers.iter().map(|&header| names.name_of(header)).collect::<Vec<_>>(),
     }))
 }
 

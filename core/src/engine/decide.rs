@@ -22,8 +22,8 @@ use serde::Serialize;
 use super::{Authenticator, Decision, Engine, Identity, RemoteKeys, Request};
 use crate::canonical;
 use crate::compiled::{
-    ClaimCondition, CompiledRule, CorsPreflight, DefaultAction, Effect, Mode, Principal,
-    Requirement, RoleRef, TemplatePart, VerifyMode,
+    ClaimCondition, CompiledRule, CorsPreflight, DefaultAction, Effect, IdentityHeader, Mode,
+    Principal, Requirement, RoleRef, TemplatePart, VerifyMode,
 };
 use crate::matcher::{self, Captures};
 use crate::reason::DenyReason;
@@ -478,29 +478,23 @@ impl Engine {
         let Some(identity) = decision.identity.as_deref().filter(|_| decision.allowed) else {
             return Vec::new();
         };
-        let names = &self.header_names;
-        let mut headers = vec![
-            (
-                names.subject.as_str(),
-                upstream::encode_value(&identity.subject),
-            ),
-            (
-                names.issuer.as_str(),
-                upstream::encode_value(&identity.issuer),
-            ),
-        ];
-        if let Some(client) = &identity.client {
-            headers.push((names.client.as_str(), upstream::encode_value(client)));
+        let mut headers = Vec::with_capacity(8);
+        for &header in &self.policy.token.identity_headers {
+            let value = match header {
+                IdentityHeader::Subject => upstream::encode_value(&identity.subject),
+                IdentityHeader::Issuer => upstream::encode_value(&identity.issuer),
+                IdentityHeader::Client => match &identity.client {
+                    Some(client) => upstream::encode_value(client),
+                    None => continue,
+                },
+                IdentityHeader::Roles => Cow::Owned(upstream::encode_list(&identity.roles)),
+                IdentityHeader::Rule => {
+                    upstream::encode_value(decision.rule.as_deref().unwrap_or(""))
+                }
+                IdentityHeader::PolicyVersion => Cow::Borrowed(self.digest()),
+            };
+            headers.push((self.header_names.name_of(header), value));
         }
-        headers.push((
-            names.roles.as_str(),
-            Cow::Owned(upstream::encode_list(&identity.roles)),
-        ));
-        headers.push((
-            names.rule.as_str(),
-            upstream::encode_value(decision.rule.as_deref().unwrap_or("")),
-        ));
-        headers.push((names.policy_version.as_str(), Cow::Borrowed(self.digest())));
         headers.extend(self.claim_headers(identity));
         headers
     }
