@@ -675,11 +675,26 @@ pub enum StructureError {
         /// Issuer name.
         issuer: String,
     },
+    /// The token settings name an identity header twice (the compiler refuses it; a blob
+    /// listing one many times would cost a host call per copy on every allowed request).
+    #[error("identity header {header:?} is named more than once")]
+    DuplicateIdentityHeader {
+        /// The header named again.
+        header: IdentityHeader,
+    },
 }
 
 impl CompiledPolicy {
     /// Checks that every index in the policy points at something.
     pub fn validate(&self) -> Result<(), StructureError> {
+        let mut named = 0u8;
+        for &header in &self.token.identity_headers {
+            let bit = 1u8 << (header as u8);
+            if named & bit != 0 {
+                return Err(StructureError::DuplicateIdentityHeader { header });
+            }
+            named |= bit;
+        }
         let issuer_count = self.issuers.len();
         let role_count = self.roles.len();
         for issuer in &self.issuers {

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use claimgate_core::blob;
 use claimgate_core::compile::compile;
+use claimgate_core::compiled::{IdentityHeader, StructureError};
 use claimgate_core::engine::{Decision, Engine, RemoteKeys, Request};
 use claimgate_core::keys::{KeySet, parse_jwks};
 use jwt_simple::prelude::*;
@@ -782,6 +783,17 @@ fn blob_refuses_corruption_with_reasons() {
     assert!(inflate_error(&wrap(&bomb)).starts_with("more than"));
     assert!(blob::engine_from_plugin_config(b"{}").is_err());
     assert!(blob::engine_from_plugin_config(b"not json").is_err());
+    // An identity header named twice (found in review): each copy would be a host call.
+    let mut twice = f.engine.policy().clone();
+    twice.token.identity_headers = vec![IdentityHeader::Subject; 5];
+    let payload = postcard::to_allocvec(&twice).unwrap();
+    let deflated = miniz_oxide::deflate::compress_to_vec(&payload, 6);
+    assert_eq!(
+        blob::decode(&wrap(&deflated)).unwrap_err(),
+        blob::DecodeError::Structure(StructureError::DuplicateIdentityHeader {
+            header: IdentityHeader::Subject
+        })
+    );
 }
 
 #[test]
