@@ -68,6 +68,24 @@ fn token(key: &Key, extra: &[(&str, Value)]) -> String {
     key.mint(&testing::claims(extra))
 }
 
+/// Under `policy` (its issuer keyed with `key`), a valid token for `/score` is sent once to
+/// be cached, then again as request 3 with `extra` headers: the host and request 3's host
+/// calls.
+fn warm_request_calls(
+    policy: &str,
+    key: &Key,
+    extra: &[(&[u8], &[u8])],
+) -> (MockHost, Rc<RefCell<Shared>>, Vec<&'static str>) {
+    let (host, shared) = ready_with(policy, &[key]);
+    let mut request = testing::request("/score", Some(&token(key, &[])));
+    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
+    host.state.borrow_mut().calls.clear();
+    request.extend(extra.iter().map(|(n, v)| (n.to_vec(), v.to_vec())));
+    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
+    let calls = host.state.borrow().calls.clone();
+    (host, shared, calls)
+}
+
 fn error_of(host: &MockHost, context: u32) -> (u32, String) {
     let reply = host
         .replies()
@@ -111,15 +129,8 @@ fn a_valid_token_passes_with_encoded_identity_headers() {
 /// here; one that removes one updates this list.
 #[test]
 fn a_warm_request_makes_only_the_host_calls_it_needs() {
-    let key = Key::new("k1");
-    let (host, shared) = ready(&key);
-    let t = token(&key, &[]);
-    let request = testing::request("/score", Some(&t));
-    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
-    host.state.borrow_mut().calls.clear();
-    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
+    let (host, _, calls) = warm_request_calls(POLICY, &Key::new("k1"), &[]);
     assert_eq!(host.metric(counter_name(Counter::CacheHit)), Some(1));
-    let calls = host.state.borrow().calls.clone();
     assert_eq!(
         calls,
         [
@@ -151,13 +162,7 @@ fn without_filter_state_no_decision_is_written_and_nothing_else_changes() {
         1,
     );
     assert_ne!(policy, POLICY);
-    let (host, shared) = ready_with(&policy, &[&key]);
-    let t = token(&key, &[]);
-    let request = testing::request("/score", Some(&t));
-    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
-    host.state.borrow_mut().calls.clear();
-    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
-    let calls = host.state.borrow().calls.clone();
+    let (host, shared, calls) = warm_request_calls(&policy, &key, &[]);
     assert_eq!(calls.len(), 9, "{calls:?}");
     assert!(calls.iter().all(|c| *c != "set_property"), "{calls:?}");
     assert!(host.header(3, "x-claimgate-subject").is_some());
@@ -231,15 +236,11 @@ fn only_the_named_identity_headers_are_set_and_the_others_still_removed() {
         1,
     );
     assert_ne!(policy, POLICY);
-    let (host, shared) = ready_with(&policy, &[&key]);
-    let t = token(&key, &[]);
-    let mut request = testing::request("/score", Some(&t));
-    assert_eq!(run(&host, &shared, 2, &request), Verdict::Continue);
-    host.state.borrow_mut().calls.clear();
-    request.push((b"x-claimgate-rule".to_vec(), b"admin-only".to_vec()));
-    request.push((b"X-Claimgate-Policy-Version".to_vec(), b"sha256:0".to_vec()));
-    assert_eq!(run(&host, &shared, 3, &request), Verdict::Continue);
-    let calls = host.state.borrow().calls.clone();
+    let spoofed: [(&[u8], &[u8]); 2] = [
+        (b"x-claimgate-rule", b"admin-only"),
+        (b"X-Claimgate-Policy-Version", b"sha256:0"),
+    ];
+    let (host, _, calls) = warm_request_calls(&policy, &key, &spoofed);
     assert_eq!(
         calls,
         [
