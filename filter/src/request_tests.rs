@@ -68,6 +68,13 @@ fn token(key: &Key, extra: &[(&str, Value)]) -> String {
     key.mint(&testing::claims(extra))
 }
 
+/// The unit POLICY with `head` (top-level keys, then tables) after its name.
+fn policy_with(head: &str) -> String {
+    let policy = POLICY.replacen("name = \"unit\"", &format!("name = \"unit\"\n{head}"), 1);
+    assert_ne!(policy, POLICY);
+    policy
+}
+
 /// Under `policy` (its issuer keyed with `key`), a valid token for `/score` is sent once to
 /// be cached, then again as request 3 with `extra` headers: the host and request 3's host
 /// calls.
@@ -156,12 +163,7 @@ fn a_warm_request_makes_only_the_host_calls_it_needs() {
 #[test]
 fn without_filter_state_no_decision_is_written_and_nothing_else_changes() {
     let key = Key::new("k1");
-    let policy = POLICY.replacen(
-        "name = \"unit\"",
-        "name = \"unit\"\nfilter_state = \"none\"",
-        1,
-    );
-    assert_ne!(policy, POLICY);
+    let policy = policy_with("filter_state = \"none\"");
     let (host, shared, calls) = warm_request_calls(&policy, &key, &[]);
     assert_eq!(calls.len(), 9, "{calls:?}");
     assert!(calls.iter().all(|c| *c != "set_property"), "{calls:?}");
@@ -230,12 +232,7 @@ fn a_non_utf8_token_header_is_a_malformed_token() {
 #[test]
 fn only_the_named_identity_headers_are_set_and_the_others_still_removed() {
     let key = Key::new("k1");
-    let policy = POLICY.replacen(
-        "name = \"unit\"",
-        "name = \"unit\"\nfilter_state = \"none\"\n[token]\nidentity_headers = [\"subject\"]",
-        1,
-    );
-    assert_ne!(policy, POLICY);
+    let policy = policy_with("filter_state = \"none\"\n[token]\nidentity_headers = [\"subject\"]");
     let spoofed: [(&[u8], &[u8]); 2] = [
         (b"x-claimgate-rule", b"admin-only"),
         (b"X-Claimgate-Policy-Version", b"sha256:0"),
