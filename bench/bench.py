@@ -131,12 +131,14 @@ def rbac_policy(path, issuers=("keycloak", "entra")):
     }
 
 
-def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra"), filter_state=None, jwks_uri=None):
+def claimgate_policy(jwks_dir, rules, issuers=("keycloak", "entra"), filter_state=None, jwks_uri=None, identity_headers=None):
     """The same decision in claimgate's language: `rules` is [(name, path)]; `filter_state`
     "none" leaves the decision out of the filter state (which native's filters do not write);
-    `jwks_uri` has the Keycloak keys fetched."""
+    `identity_headers` names the identity headers set (native sets none); `jwks_uri` has the
+    Keycloak keys fetched."""
     text = ['version = 1', 'name = "bench"', 'default = "deny"']
     text += [f'filter_state = "{filter_state}"'] if filter_state else []
+    text += ["[token]", f"identity_headers = {json.dumps(identity_headers)}"] if identity_headers is not None else []
     text += [""]
     if "keycloak" in issuers:
         text += [
@@ -507,7 +509,7 @@ def main():
     # Main phase: every setup of the table, plus separate warm instances of the two caching
     # setups so the cold scenarios' tokens never crowd the warm caches out.
     main_policy, _, _ = compile_policy(run_dir, "main", claimgate_policy(population.folder, [("score", "/score")]))
-    lean_policy, _, _ = compile_policy(run_dir, "lean", claimgate_policy(population.folder, [("score", "/score")], filter_state="none"))
+    lean_policy, _, _ = compile_policy(run_dir, "lean", claimgate_policy(population.folder, [("score", "/score")], filter_state="none", identity_headers=["subject"]))
     main_rbac = {"score": rbac_policy("/score")}
     envoys = {}
     scenarios = []
@@ -517,8 +519,9 @@ def main():
     if "warm" in groups:
         scenarios.append(Scenario("warm-1", "warm, 1 token", "warm", "warm-1"))
         scenarios.append(Scenario("warm-10k", f"warm, {profile['warm_tokens']:,} tokens", "warm", "warm-10k"))
-        # The same, claimgate with `filter_state = "none"`: four host calls fewer per request.
-        scenarios.append(Scenario("warm-1-lean", "warm, 1 token, claimgate filter_state none", "warm", "warm-1"))
+        # The same, claimgate configured lean: `filter_state = "none"` and only the subject
+        # header upstream (5 host calls per request instead of 13).
+        scenarios.append(Scenario("warm-1-lean", "warm, 1 token, claimgate lean (filter_state none, identity_headers subject)", "warm", "warm-1"))
     if "garbage" in groups:
         deny = {"none": 200, "native": 401, "native+cache": 401, "claimgate": 401}
         scenarios.append(Scenario("garbage-kid", "garbage, bad signature, with kid", "garbage", "garbage-kid", limit=True, expect=deny))
