@@ -6,9 +6,11 @@ Everything listens on 127.0.0.1 with ports picked by the OS. Tokens are minted b
 `claimgate compile`, so Envoy sees exactly what a WasmPlugin would carry.
 """
 
+import atexit
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -286,8 +288,23 @@ def envoy_binaries():
     return [str(p) for p in found]
 
 
+_SCRATCH = []
+
+
 def scratch():
-    return tempfile.mkdtemp(prefix="claimgate-e2e-")
+    """A scratch folder (policies, keys, Envoy configs and logs), removed when the Python
+    process ends: every Envoy run left one behind, and a few hundred filled a CI disk.
+    `CLAIMGATE_KEEP_SCRATCH=1` keeps them for a post-mortem."""
+    path = tempfile.mkdtemp(prefix="claimgate-e2e-")
+    _SCRATCH.append(path)
+    return path
+
+
+@atexit.register
+def _remove_scratch():
+    if os.environ.get("CLAIMGATE_KEEP_SCRATCH") != "1":
+        for path in _SCRATCH:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # --- Filter fault tests (e2e/test_filter_faults.py) ---
