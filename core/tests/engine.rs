@@ -786,10 +786,9 @@ fn blob_refuses_corruption_with_reasons() {
     // An identity header named twice (found in review): each copy would be a host call.
     let mut twice = f.engine.policy().clone();
     twice.token.identity_headers = vec![IdentityHeader::Subject; 5];
-    let payload = postcard::to_allocvec(&twice).unwrap();
-    let deflated = miniz_oxide::deflate::compress_to_vec(&payload, 6);
+    let (crafted, _) = blob::encode(&twice).unwrap();
     assert_eq!(
-        blob::decode(&wrap(&deflated)).unwrap_err(),
+        blob::decode(&crafted).unwrap_err(),
         blob::DecodeError::Structure(StructureError::DuplicateIdentityHeader {
             header: IdentityHeader::Subject
         })

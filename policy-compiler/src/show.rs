@@ -16,7 +16,6 @@ use claimgate_core::compiled::{
     CompiledPolicy, CompiledRule, Effect, HostPattern, PathPattern, Principal, RoleRef, Segment,
     TemplatePart,
 };
-use claimgate_core::upstream::IdentityHeaderNames;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -210,7 +209,7 @@ fn policy_summary(config: &Value) -> Result<Value, String> {
         .and_then(|v| <[u8; 2]>::try_from(v).ok())
         .map_or(0, u16::from_le_bytes);
     let policy = engine.policy();
-    let names = IdentityHeaderNames::new(&policy.token.identity_header_prefix);
+    let names = engine.header_names();
     Ok(json!({
         "name": policy.name,
         "version": engine.digest(),
