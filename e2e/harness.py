@@ -67,17 +67,20 @@ class Upstream:
 
 
 class JwksServer:
-    """Serves a key set that tests can rotate, or fail with 503 ("down")."""
+    """Serves a key set that tests can rotate, or fail with 503 ("down"); `times` holds when
+    each fetch came (time.monotonic())."""
 
     def __init__(self, jwks_text):
         self.jwks = jwks_text
         self.down = False
         self.hits = 0
+        self.times = []
         owner = self
 
         class Handler(_Quiet):
             def do_GET(self):
                 owner.hits += 1
+                owner.times.append(time.monotonic())
                 if owner.down:
                     self.send_response(503)
                     self.send_header("content-length", "0")

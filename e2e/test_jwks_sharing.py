@@ -39,23 +39,6 @@ allow = {{ roles_any = ["ml-scorer"] }}
 """
 
 
-class CountingJwks(h.JwksServer):
-    """The harness key server, remembering when each fetch came."""
-
-    def __init__(self, jwks_text):
-        super().__init__(jwks_text)
-        self.times = []
-        handler = self.server.RequestHandlerClass
-        served = handler.do_GET
-        times = self.times
-
-        def do_GET(request):
-            times.append(time.monotonic())
-            served(request)
-
-        handler.do_GET = do_GET
-
-
 @pytest.fixture(params=h.envoy_binaries() or [None], ids=lambda b: Path(b).parts[-7] if b else "no-envoy")
 def envoy_binary(request):
     if request.param is None:
@@ -72,7 +55,7 @@ def test_four_workers_fetch_once_per_refresh_period(envoy_binary):
         assert Path(needed).exists(), f"{needed} missing: run scripts/setup"
     work = Path(h.scratch())
     keys = h.Keys(work)
-    idp = CountingJwks(json.dumps(keys.make("ES256", "k1")))
+    idp = h.JwksServer(json.dumps(keys.make("ES256", "k1")))
     upstream = h.Upstream()
     policy = work / "policy.toml"
     policy.write_text(POLICY.format(iss=ISS, port=idp.port, refresh=REFRESH))
