@@ -95,6 +95,8 @@ def test_a_minimal_policy_validates():
         (("version = 1", "version = 1\nmode = \"enforcee\""), ["mode"]),
         (("allow = \"anyone\"", "allow = \"everyone\""), ["rules", 1, "allow"]),
         (("refresh = \"1h30m\"", "refresh = \"ten minutes\""), ["issuers", "kc", "jwks", "refresh"]),
+        # A name twice (the compiler refuses it as `duplicate`).
+        (("version = 1", "version = 1\n[token]\nidentity_headers = [\"subject\", \"subject\"]"), ["token", "identity_headers"]),
     ],
 )
 def test_the_schema_refuses_wrong_policies(change, path):

@@ -103,7 +103,7 @@ pub struct TokenSource {
     /// the prefix: `subject`, `issuer`, `client`, `roles`, `rule`, `policy-version`; default
     /// all six. Each is a host call on every such request: name the ones the upstreams read.
     /// Client-sent headers under the prefix are removed whatever this says.
-    #[schemars(with = "Option<Vec<IdentityHeader>>")]
+    #[schemars(with = "Option<Vec<IdentityHeader>>", extend("uniqueItems" = true))]
     pub identity_headers: Option<Vec<Spanned<IdentityHeader>>>,
 }
 
