@@ -184,36 +184,44 @@ def compile_policy(folder, name, text, timeout=None):
 
 def time_compile(path, timeout):
     """Seconds `claimgate compile` takes on a policy file already written (`timeout` when it
-    takes longer) and its peak resident memory in KiB (None when stopped)."""
+    takes longer) and its peak resident memory in KiB (None when stopped or too short to see)."""
     started = time.perf_counter()
     proc = subprocess.Popen([str(h.CLAIMGATE), "compile", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # VmHWM, read while it runs: rusage's ru_maxrss would count this Python process's pages
     # that the child held between fork and exec.
-    peak = [None]
+    peak = {"kib": None, "samples": 0}
     watcher = threading.Thread(target=_watch_peak, args=(proc, peak), daemon=True)
+    stopper = threading.Timer(timeout, proc.kill)
     watcher.start()
+    stopper.start()
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return float(timeout), None
+        proc.wait()  # blocking: the time is the exit's, not a polling step's
+    finally:
+        stopper.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     seconds = time.perf_counter() - started
     watcher.join()
+    if seconds >= timeout:
+        return float(timeout), None
     if proc.returncode != 0:
         raise RuntimeError(f"claimgate compile {path} exited with {proc.returncode}")
-    return seconds, peak[0]
+    return seconds, peak["kib"] if peak["samples"] >= 2 else None
 
 
 def _watch_peak(proc, peak):
+    """Polls the process's VmHWM (a high-water mark, so the last reading is the peak up to
+    the last 5 ms) until it has been reaped."""
     status = Path(f"/proc/{proc.pid}/status")
     while proc.returncode is None:
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    peak[0] = int(line.split()[1])
+                    peak["kib"] = int(line.split()[1])
+                    peak["samples"] += 1
         except (OSError, ValueError):
-            return  # it ended (a zombie's status has no memory lines, or it was reaped)
+            return  # reaped between the check and the read
         time.sleep(0.005)
 
 
