@@ -447,6 +447,14 @@ def record_memory(results, label, envoy):
         results.setdefault("heap", {})[label] = heap
 
 
+def cpu_times():
+    """The machine's CPU time by kind (/proc/stat's first line, in ticks): user, nice, system,
+    idle, iowait, irq, softirq, steal. Steal is time the hypervisor gave this VM's CPUs to
+    others, the noise no pinning removes."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    return dict(zip(["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"], map(int, fields)))
+
+
 def machine_facts(binary):
     def first(path, prefix):
         for line in Path(path).read_text().splitlines():
@@ -468,6 +476,7 @@ def machine_facts(binary):
         "commit": commit + (" (with uncommitted changes)" if dirty else ""),
         "wasm_bytes": h.WASM.stat().st_size,
         "load_start": Path("/proc/loadavg").read_text().split()[:3],
+        "cpu_times_start": cpu_times(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -682,6 +691,7 @@ def main():
             envoy.stop()
 
     results["facts"]["load_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["facts"]["cpu_times_end"] = cpu_times()
     results["facts"]["seconds"] = round(time.time() - started)
     results["scenarios"] = [{"name": s.name, "title": s.title, "group": s.group} for s in scenarios]
     work.mkdir(parents=True, exist_ok=True)

@@ -116,11 +116,21 @@ def write(results, out_path, chart_path):
     add(f"- CPU: {facts['cpu']} × {facts['cores']} cores; memory {facts['memory']}; kernel {facts['kernel']}")
     add(f"- Envoy {facts['envoy']}; {facts['wrk']}")
     add(f"- claimgate at commit {facts['commit']}; `claimgate_filter.wasm` {facts['wasm_bytes']:,} bytes")
-    add(f"- load average at start {' '.join(facts['load_start'])}, at end {' '.join(facts.get('load_end', ['?']))}; the run took {facts.get('seconds', 0) / 60:.1f} min")
+    add(f"- load average at start {' '.join(facts['load_start'])}, at end {' '.join(facts.get('load_end', ['?']))}; the run took {facts.get('seconds', 0) / 60:.1f} min{_steal(facts)}")
     add(f"- profile `{profile['name']}`: {profile['rounds']} rounds, {profile['count']:,} requests per never-repeat window, {profile['seconds']} s per repeat window")
     add("")
     out_path.write_text("\n".join(lines) + "\n")
     _chart(results, scenarios, summary, chart_path)
+
+
+def _steal(facts):
+    """`; CPU steal N%` over the run: the share of the machine's CPU time the hypervisor gave
+    to other guests (the drift no pinning or interleaving removes)."""
+    start, end = facts.get("cpu_times_start"), facts.get("cpu_times_end")
+    if not start or not end:
+        return ""
+    total = sum(end.values()) - sum(start.values())
+    return f"; CPU steal {100 * (end['steal'] - start['steal']) / total:.0f}% of the machine's time" if total > 0 else ""
 
 
 def summaries(results):
