@@ -206,8 +206,10 @@ def test_only_the_named_identity_headers_reach_the_upstream(gate):
     identity = sorted(name for name in seen if name.startswith(("x-claimgate", "x_claimgate")))
     assert identity == ["x-claimgate-policy-version", "x-claimgate-subject"], seen
     assert seen["x-claimgate-subject"] == "alice" and seen.get("x-tenant") == "t-1"
-    explained = explain(g, "/private", [("x-jwt-assertion", ta)], policy=policy)
+    explained = explain(g, "/private", [("x-jwt-assertion", ta)] + spoof, policy=policy)
     assert sorted(n for n, _ in explained["upstream_headers"] if n.startswith("x-claimgate")) == identity
+    # explain names the client's copies the filter removed, in every spelling sent.
+    assert explained["removed_headers"] == [name for name, _ in spoof]
 
 
 def test_forward_false_removes_the_token_cookie(gate):
@@ -220,6 +222,7 @@ def test_forward_false_removes_the_token_cookie(gate):
     assert answer["headers"].get("cookie") == "theme=dark; lang=en"
     status, answer = send(g, "/private", [("x-token", f"Token {tb}")], envoy=envoy)
     assert status == 200 and "x-token" not in answer["headers"]
+    assert explain(g, "/private", [("x-token", f"Token {tb}")], policy=policy)["removed_headers"] == ["x-token"]
     assert not any(t in envoy.logs() for t in g["tokens"])
 
 

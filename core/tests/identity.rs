@@ -766,3 +766,46 @@ fn new_fields_are_checked_with_places_and_hints() {
     let bad_mode = "[[rules]]\nname = \"r\"\nverify_token = \"always\"\nallow = \"anyone\"\n";
     assert!(!errors(bad_mode).is_empty());
 }
+
+/// `removed_upstream`: what a passing request loses before it goes upstream. Every spelling
+/// of a header under the identity prefix (set by the policy or not), a claim header's client
+/// copy, and only with `forward = false` the token's own header; nothing else.
+#[test]
+fn the_headers_removed_upstream_are_the_clients_identity_copies_and_the_token_when_kept_back() {
+    let sent: [&[u8]; 7] = [
+        b"authorization",
+        b"x-claimgate-subject",
+        b"X-Claimgate-Rule",
+        b"x_claimgate_roles",
+        b"x-claimgate-anything",
+        b"x-tenant",
+        b"x-request-id",
+    ];
+    let rules = "[[rules]]\nname = \"any\"\npaths = [\"/*\"]\nallow = \"anyone\"\n";
+    let with_claims = |head: &str| {
+        policy(head, rules).replacen(
+            "roles = [\"realm_access.roles\", \"groups\"]\n",
+            "roles = [\"realm_access.roles\", \"groups\"]\nclaims_to_headers = { \"x-tenant\" = \"tid\" }\n",
+            1,
+        )
+    };
+    assert!(with_claims("").contains("x-tenant"));
+    let forwarded = engine(&with_claims("[token]\nidentity_headers = [\"subject\"]\n"));
+    let identity: [&[u8]; 5] = [
+        b"x-claimgate-subject",
+        b"X-Claimgate-Rule",
+        b"x_claimgate_roles",
+        b"x-claimgate-anything",
+        b"x-tenant",
+    ];
+    assert_eq!(forwarded.removed_upstream(sent), identity);
+    let kept_back = engine(&with_claims("[token]\nforward = false\n"));
+    let mut with_token = vec![&b"authorization"[..]];
+    with_token.extend(identity);
+    assert_eq!(kept_back.removed_upstream(sent), with_token);
+    // Header names are compared as Envoy compares them: without case.
+    assert_eq!(
+        kept_back.removed_upstream([&b"Authorization"[..]]),
+        [b"Authorization"]
+    );
+}

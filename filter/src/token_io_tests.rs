@@ -243,3 +243,47 @@ fn forward_false_removes_the_token_from_its_header_and_cookie() {
     );
     assert_eq!(host.header(5, "cookie").unwrap(), b"a=1;b=2");
 }
+
+/// `explain` lists the headers the filter removes with `Engine::removed_upstream`; the filter
+/// removes them on its own path. On requests that pass, the request headers gone after the
+/// filter ran are exactly the ones that function names (spoofed identity and claim headers in
+/// any spelling, and with `forward = false` the token's header).
+#[test]
+fn the_filter_removes_exactly_what_explain_says() {
+    let key = Key::new("k1");
+    for extra in [
+        "identity_headers = [\"subject\"]\n",
+        "identity_headers = []\nforward = false\n",
+    ] {
+        let (host, shared) = ready(&policy(extra), &key);
+        let engine = shared.borrow().engine.clone();
+        let t = token(&key, &[("tid", json!("t-1"))]);
+        let value = format!("Token {t}").into_bytes();
+        let headers: [(&str, &[u8]); 6] = [
+            ("x-token", &value),
+            ("x-claimgate-rule", b"admin"),
+            ("X-Claimgate-Issuer", b"other"),
+            ("x_claimgate_roles", b"ml-admin"),
+            ("x-tenant", b"evil"),
+            ("x-kept", b"1"),
+        ];
+        let sent = request("/score", &headers);
+        assert_eq!(testing::run(&host, &shared, 2, &sent), Verdict::Continue);
+        let gone: Vec<&[u8]> = sent
+            .iter()
+            .map(|(name, _)| name.as_slice())
+            .filter(|name| {
+                let name = std::str::from_utf8(name).unwrap();
+                host.header(2, name).is_none()
+            })
+            .collect();
+        let said = engine.removed_upstream(sent.iter().map(|(name, _)| name.as_slice()));
+        // The filter sets x-tenant from the token after removing the client's copy.
+        let said: Vec<&[u8]> = said.into_iter().filter(|n| *n != b"x-tenant").collect();
+        assert_eq!(gone, said, "{extra}");
+        assert!(
+            !said.is_empty() && !said.contains(&&b"x-kept"[..]),
+            "{extra}"
+        );
+    }
+}

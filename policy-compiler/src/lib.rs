@@ -437,8 +437,9 @@ fn names(list: &[String]) -> String {
         .join(", ")
 }
 
-/// Renders a decision for people.
-pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
+/// Renders a decision for people; `removed` are the request headers the filter removes
+/// before the request goes upstream ([`Engine::removed_upstream`]).
+pub fn render_decision(decision: &Decision, engine: &Engine, removed: &[&[u8]]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let verdict = if decision.allowed { "ALLOW" } else { "DENY" };
@@ -489,6 +490,13 @@ pub fn render_decision(decision: &Decision, engine: &Engine) -> String {
     }
     for (name, value) in engine.upstream_headers(decision) {
         let _ = writeln!(out, "upstream: {name}: {value}");
+    }
+    for name in removed {
+        let _ = writeln!(
+            out,
+            "removed:  {}",
+            terminal_safe(&String::from_utf8_lossy(name))
+        );
     }
     if let Some(shadow) = &decision.shadow {
         let _ = writeln!(
@@ -551,6 +559,11 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
     };
     let mut checks = Vec::new();
     let decision = engine.decide(&request, now, &remote, Some(&mut checks));
+    let removed = if decision.passes() {
+        engine.removed_upstream(headers.iter().map(|(name, _)| name.as_bytes()))
+    } else {
+        Vec::new()
+    };
     if args.json {
         let out = serde_json::json!({
             "status": decision.status(),
@@ -563,11 +576,15 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value.into_owned()))
                 .collect::<Vec<_>>(),
+            "removed_headers": removed
+                .iter()
+                .map(|name| String::from_utf8_lossy(name))
+                .collect::<Vec<_>>(),
             "decision": decision,
         });
         output::outln(&format!("{out:#}"))?;
     } else {
-        output::out(&render_decision(&decision, &engine))?;
+        output::out(&render_decision(&decision, &engine, &removed))?;
     }
     Ok(if decision.allowed {
         Exit::Ok
