@@ -224,6 +224,10 @@ def test_forward_false_removes_the_token_cookie(gate):
     status, answer = send(g, "/private", [("x-token", f"Token {tb}")], envoy=envoy)
     assert status == 200 and "x-token" not in answer["headers"]
     assert explain(g, "/private", [("x-token", f"Token {tb}")], policy=policy)["removed_headers"] == ["x-token"]
+    # The engine reads a token from `x_token` as from `x-token`: it goes too (review finding).
+    status, answer = send(g, "/private", [("x_token", f"Token {tb}")], envoy=envoy)
+    assert status == 200 and not any(name in answer["headers"] for name in ("x_token", "x-token")), answer
+    assert explain(g, "/private", [("x_token", f"Token {tb}")], policy=policy)["removed_headers"] == ["x_token"]
     assert not any(t in envoy.logs() for t in g["tokens"])
 
 

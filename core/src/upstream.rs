@@ -154,6 +154,11 @@ pub fn same_header_name(a: &str, b: &str) -> bool {
     same_name_bytes(a.as_bytes(), b.as_bytes())
 }
 
+/// [`same_header_name`] on names as the host gives them (any bytes).
+pub fn same_header_name_bytes(a: &[u8], b: &[u8]) -> bool {
+    same_name_bytes(a, b)
+}
+
 /// What a verified token sends upstream besides the identity headers, read when the token is
 /// verified (the filter caches identities, not tokens): one value per `claims_to_headers`
 /// entry whose claim the token holds, and the payload for `payload_to_header`.

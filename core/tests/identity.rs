@@ -803,9 +803,25 @@ fn the_headers_removed_upstream_are_the_clients_identity_copies_and_the_token_wh
     let mut with_token = vec![&b"authorization"[..]];
     with_token.extend(identity);
     assert_eq!(kept_back.removed_upstream(sent), with_token);
-    // Header names are compared as Envoy compares them: without case.
+    // Token header names match in every spelling the engine reads a token from: without
+    // case, and `_` as `-` (review finding: `x_token` authenticated, then went upstream).
     assert_eq!(
         kept_back.removed_upstream([&b"Authorization"[..]]),
         [b"Authorization"]
     );
+    let dashed = engine(&policy(
+        "[token]\nforward = false\nheaders = [\"authorization\", { name = \"x-token\", prefix = \"Token \" }]\n",
+        rules,
+    ));
+    let spellings: [&[u8]; 3] = [b"x-token", b"x_token", b"X_Token"];
+    assert_eq!(dashed.removed_upstream(spellings), spellings);
+    // The decision never sees the client's copies of identity and claim headers.
+    let headers = [
+        ("x-claimgate-rule", "admin"),
+        ("x_tenant", "evil"),
+        ("x-request-id", "r1"),
+    ]
+    .map(|(n, v)| (n.to_owned(), v.to_owned()));
+    let seen = forwarded.headers_seen(&headers);
+    assert_eq!(seen, [("x-request-id".to_owned(), "r1".to_owned())]);
 }

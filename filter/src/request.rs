@@ -426,7 +426,12 @@ fn forward(
     headers: &Headers,
     decision: &Decision,
 ) -> Result<(), HostError> {
-    for name in &headers.spoofed {
+    // What the engine says goes (`explain` lists the same): the client's identity copies and,
+    // with `forward = false`, every spelling of a token header, by their exact names. First,
+    // so that no removal takes away a header the filter sets.
+    let names = (headers.spoofed.iter().map(Vec::as_slice))
+        .chain(headers.pairs.iter().map(|(name, _)| name.as_bytes()));
+    for name in engine.removed_upstream(names) {
         host.remove_request_header(name)?;
     }
     // The values the engine computes for the upstream (encoded; `explain` shows the same).
@@ -436,9 +441,6 @@ fn forward(
     // `forward = false` keeps the token from the upstream on every request that passes —
     // public paths, the default, audit mode — not only when a caller was verified.
     if !engine.policy().token.forward_token {
-        for name in &engine.token_names().headers {
-            host.remove_request_header(name.as_bytes())?;
-        }
         remove_token_cookies(host, engine, headers)?;
     }
     Ok(())

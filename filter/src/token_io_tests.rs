@@ -260,7 +260,7 @@ fn the_filter_removes_exactly_what_explain_says() {
         let t = token(&key, &[("tid", json!("t-1"))]);
         let value = format!("Token {t}").into_bytes();
         let headers: [(&str, &[u8]); 6] = [
-            ("x-token", &value),
+            ("x_token", &value),
             ("x-claimgate-rule", b"admin"),
             ("X-Claimgate-Issuer", b"other"),
             ("x_claimgate_roles", b"ml-admin"),
@@ -281,6 +281,10 @@ fn the_filter_removes_exactly_what_explain_says() {
         // The filter sets x-tenant from the token after removing the client's copy.
         let said: Vec<&[u8]> = said.into_iter().filter(|n| *n != b"x-tenant").collect();
         assert_eq!(gone, said, "{extra}");
+        // `x_token`: the engine reads a token there as from `x-token` (review finding: with
+        // `forward = false` it still reached the upstream).
+        let kept_back = extra.contains("forward = false");
+        assert_eq!(host.header(2, "x_token").is_none(), kept_back, "{extra}");
         assert!(
             !said.is_empty() && !said.contains(&&b"x-kept"[..]),
             "{extra}"

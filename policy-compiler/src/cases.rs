@@ -120,11 +120,12 @@ pub fn run_cases(policy: &Path, cases_path: &Path) -> Result<Vec<CaseResult>, Cl
                 "unsigned-test-claims",
             ));
         }
+        let seen = engine.headers_seen(&headers);
         let request = Request {
             method: &case.method,
             host: &case.host,
             path: &case.path,
-            headers: &headers,
+            headers: &seen,
         };
         let decision = match &case.claims {
             Some(claims) => {

@@ -547,11 +547,12 @@ pub fn cmd_explain(args: &ExplainArgs) -> Result<Exit, CliError> {
             &token,
         ));
     }
+    let seen = engine.headers_seen(&headers);
     let request = Request {
         method: &args.method,
         host: &args.host,
         path: &args.path,
-        headers: &headers,
+        headers: &seen,
     };
     let now = match args.now {
         Some(now) => now,

@@ -501,9 +501,10 @@ impl Engine {
 
     /// Which of a passing request's headers the filter removes before it goes upstream, in
     /// request order: every header under the identity prefix or named as a claim header (the
-    /// client's copies: rules never see them), and with `forward = false` the headers the
-    /// token may come in. A token cookie is cut out of `cookie` rather than removed, and a
-    /// query token stays in the path (see the filter). A denied request goes nowhere.
+    /// client's copies: rules never see them), and with `forward = false` every spelling of
+    /// the headers the token may come in (`x_token` is read as `x-token`, so it goes too). A
+    /// token cookie is cut out of `cookie` rather than removed, and a query token stays in
+    /// the path (see the filter). A denied request goes nowhere.
     pub fn removed_upstream<'h>(&self, names: impl IntoIterator<Item = &'h [u8]>) -> Vec<&'h [u8]> {
         let token_headers = &self.token_names.headers;
         names
@@ -513,7 +514,7 @@ impl Engine {
                     || (!self.policy.token.forward_token
                         && token_headers
                             .iter()
-                            .any(|t| t.as_bytes().eq_ignore_ascii_case(name)))
+                            .any(|t| upstream::same_header_name_bytes(t.as_bytes(), name)))
             })
             .collect()
     }

@@ -302,6 +302,19 @@ impl Engine {
         &self.header_names
     }
 
+    /// The request headers the decision sees: all but the client's copies of identity and
+    /// claim headers, which the filter drops as it reads the request (and removes upstream,
+    /// see [`Engine::removed_upstream`]). `explain` and `claimgate test` decide on these, so
+    /// a check that reads a header itself (a CORS preflight's `origin`, a method override)
+    /// answers as in the filter.
+    pub fn headers_seen(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .filter(|(name, _)| !self.header_names.owns(name))
+            .cloned()
+            .collect()
+    }
+
     /// The request's token, from every location the policy's issuers read (see
     /// [`crate::locate`]): `None` when it carries none; two different tokens are ambiguous, a
     /// token where its issuer does not read one is from an unknown issuer.
