@@ -289,7 +289,7 @@ pub fn header_matches(
 
 /// Request-method override headers some frameworks honour (Rails, Laravel, ASP.NET, Express
 /// `method-override`): the upstream may run the method they name.
-const METHOD_OVERRIDES: [&str; 3] = [
+pub const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",

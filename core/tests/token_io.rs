@@ -345,7 +345,7 @@ const ISSUER: &str = "[issuers.a]\nissuer = \"https://a\"\nalgorithms = [\"HS256
 
 #[test]
 fn the_compiler_refuses_headers_that_would_clash() {
-    let cases: [(&str, &str); 9] = [
+    let cases: [(&str, &str); 11] = [
         ("x-claimgate-tenant", "bad_claim_header"),
         ("X_Claimgate_Tenant", "bad_claim_header"),
         ("connection", "bad_claim_header"),
@@ -353,6 +353,8 @@ fn the_compiler_refuses_headers_that_would_clash() {
         ("host", "bad_claim_header"),
         ("authorization", "bad_claim_header"),
         ("cookie", "bad_claim_header"),
+        ("x-http-method-override", "bad_claim_header"),
+        ("X_Method_Override", "bad_claim_header"),
         (":path", "bad_claim_header"),
         ("x tenant", "bad_claim_header"),
     ];

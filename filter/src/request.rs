@@ -16,7 +16,7 @@ use claimgate_core::DenyReason;
 use claimgate_core::compiled::{BeforeFirstFetch, FilterState};
 use claimgate_core::engine::{Decision, Engine, Request};
 use claimgate_core::locate;
-use claimgate_core::upstream::encode_value;
+use claimgate_core::upstream::{encode_value, same_header_name};
 
 use crate::audit;
 use crate::cache::Lookup;
@@ -75,7 +75,7 @@ impl Headers {
                 Ok(value) => (value, false),
                 // A token header that is not UTF-8 is a malformed token, never "no token":
                 // read as the longest prefix set for it and a character no token holds.
-                Err(_) if token_headers.iter().any(|t| t.eq_ignore_ascii_case(&name)) => {
+                Err(_) if token_headers.iter().any(|t| same_header_name(t, &name)) => {
                     let prefix = locate::longest_prefix(policy, &name).unwrap_or("");
                     (format!("{prefix}\u{FFFD}"), true)
                 }
@@ -433,6 +433,12 @@ fn forward(
         .chain(headers.pairs.iter().map(|(name, _)| name.as_bytes()));
     for name in engine.removed_upstream(names) {
         host.remove_request_header(name)?;
+    }
+    // And the configured token headers by name, whatever the header list held.
+    if !engine.policy().token.forward_token {
+        for name in &engine.token_names().headers {
+            host.remove_request_header(name.as_bytes())?;
+        }
     }
     // The values the engine computes for the upstream (encoded; `explain` shows the same).
     for (name, value) in engine.upstream_headers(decision) {

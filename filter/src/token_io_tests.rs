@@ -291,3 +291,24 @@ fn the_filter_removes_exactly_what_explain_says() {
         );
     }
 }
+
+/// Review finding: a token header value that is not UTF-8 is a malformed token, never "no
+/// token"; `x_token` (read as `x-token`) was taken for no token and passed a public path.
+#[test]
+fn a_token_header_that_is_not_utf8_is_malformed_in_every_spelling() {
+    let key = Key::new("k1");
+    let (host, shared) = ready(&policy(""), &key);
+    for (context, name) in [(2, "x-token"), (3, "x_token"), (4, "X_Token")] {
+        let sent = request("/health", &[(name, b"\xff")]);
+        assert_eq!(
+            testing::run(&host, &shared, context, &sent),
+            Verdict::Replied,
+            "{name}"
+        );
+        assert_eq!(
+            error_of(&host, context),
+            (401, "malformed_token".to_owned()),
+            "{name}"
+        );
+    }
+}

@@ -164,26 +164,27 @@ fn explain_gives_the_filters_answer_for_repeated_token_headers() {
 
 /// Review finding: the filter drops the client's copies of identity and claim headers before
 /// it decides, but `explain` decided on every `--header`. A claim header named like a header
-/// a check reads itself (here a method override) made explain refuse (403) what the filter
-/// passes (the override is gone, the request is a GET).
+/// a check reads itself (here `origin`, read by the CORS preflight check) made explain pass
+/// (200, a preflight) what the filter refuses (its `origin` is gone: no preflight, no token).
 #[test]
 fn explain_decides_without_the_clients_copies_of_claim_headers() {
-    let policy = "version = 1\n[issuers.hs]\nissuer = \"https://hs\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc\"\nclaims_to_headers = { \"x-http-method-override\" = \"sub\" }\n[[rules]]\nname = \"r\"\nmethods = [\"GET\"]\npaths = [\"/public\"]\nallow = \"anyone\"\n";
+    let policy = "version = 1\ncors_preflight = \"allow\"\n[issuers.hs]\nissuer = \"https://hs\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc\"\nclaims_to_headers = { \"origin\" = \"sub\" }\n[[rules]]\nname = \"r\"\npaths = [\"/private\"]\nallow = \"authenticated\"\n";
     let dir = std::env::temp_dir().join(format!("claimgate-cli-o-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("policy.toml");
     std::fs::write(&path, policy).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_claimgate"))
-        .args(["explain", "--json", "--path", "/public", "--policy"])
+        .args([
+            "explain", "--json", "--method", "OPTIONS", "--path", "/private",
+        ])
+        .arg("--policy")
         .arg(&path)
-        .args(["--header", "x-http-method-override=DELETE"])
+        .args(["--header", "origin=https://app.example"])
+        .args(["--header", "access-control-request-method=POST"])
         .output()
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
-    assert_eq!(answer["status"], 200, "{answer:#}");
-    assert_eq!(
-        answer["removed_headers"],
-        serde_json::json!(["x-http-method-override"])
-    );
+    assert_eq!(answer["status"], 401, "{answer:#}");
+    assert_eq!(answer["removed_headers"], serde_json::json!([]));
 }

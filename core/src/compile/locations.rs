@@ -355,6 +355,13 @@ pub(super) fn check_names(
             .any(|r| same_header_name(r, header))
         {
             Some("belongs to the connection or frames the request".to_owned())
+        } else if crate::matcher::METHOD_OVERRIDES
+            .iter()
+            .any(|m| same_header_name(m, header))
+        {
+            // The filter sets it after deciding on the request's method: a claim would then
+            // choose the method the upstream runs.
+            Some("overrides the method the upstream runs".to_owned())
         } else if token_headers.iter().any(|t| same_header_name(t, header)) {
             Some("is a header tokens are read from".to_owned())
         } else {
