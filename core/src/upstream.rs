@@ -129,11 +129,11 @@ impl IdentityHeaderNames {
     pub fn owns_bytes(&self, header: &[u8]) -> bool {
         header
             .get(..self.prefix.len())
-            .is_some_and(|start| same_name_bytes(start, self.prefix.as_bytes()))
+            .is_some_and(|start| same_header_name_bytes(start, self.prefix.as_bytes()))
             || self
                 .claim_headers
                 .iter()
-                .any(|owned| same_name_bytes(header, owned.as_bytes()))
+                .any(|owned| same_header_name_bytes(header, owned.as_bytes()))
     }
 }
 
@@ -144,19 +144,15 @@ fn fold(byte: u8) -> u8 {
     }
 }
 
-fn same_name_bytes(a: &[u8], b: &[u8]) -> bool {
+/// [`same_header_name`] on names as the host gives them (any bytes).
+pub fn same_header_name_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
 }
 
 /// Whether two header names are the same to some server that may read the request: ASCII
 /// case-insensitive, with `_` and `-` alike (CGI/WSGI map both to `_`).
 pub fn same_header_name(a: &str, b: &str) -> bool {
-    same_name_bytes(a.as_bytes(), b.as_bytes())
-}
-
-/// [`same_header_name`] on names as the host gives them (any bytes).
-pub fn same_header_name_bytes(a: &[u8], b: &[u8]) -> bool {
-    same_name_bytes(a, b)
+    same_header_name_bytes(a.as_bytes(), b.as_bytes())
 }
 
 /// What a verified token sends upstream besides the identity headers, read when the token is

@@ -16,7 +16,7 @@ use claimgate_core::DenyReason;
 use claimgate_core::compiled::{BeforeFirstFetch, FilterState};
 use claimgate_core::engine::{Decision, Engine, Request};
 use claimgate_core::locate;
-use claimgate_core::upstream::{encode_value, same_header_name};
+use claimgate_core::upstream::encode_value;
 
 use crate::audit;
 use crate::cache::Lookup;
@@ -58,7 +58,6 @@ struct Headers {
 impl Headers {
     fn read(raw: RawHeaders, engine: &Engine) -> Headers {
         let (names, policy) = (engine.header_names(), engine.policy());
-        let token_headers = &engine.token_names().headers;
         let mut headers = Headers {
             pairs: Vec::with_capacity(raw.len()),
             lossy: Vec::with_capacity(raw.len()),
@@ -75,7 +74,7 @@ impl Headers {
                 Ok(value) => (value, false),
                 // A token header that is not UTF-8 is a malformed token, never "no token":
                 // read as the longest prefix set for it and a character no token holds.
-                Err(_) if token_headers.iter().any(|t| same_header_name(t, &name)) => {
+                Err(_) if engine.reads_token_from(name.as_bytes()) => {
                     let prefix = locate::longest_prefix(policy, &name).unwrap_or("");
                     (format!("{prefix}\u{FFFD}"), true)
                 }
@@ -426,18 +425,23 @@ fn forward(
     headers: &Headers,
     decision: &Decision,
 ) -> Result<(), HostError> {
-    // What the engine says goes (`explain` lists the same): the client's identity copies and,
-    // with `forward = false`, every spelling of a token header, by their exact names. First,
-    // so that no removal takes away a header the filter sets.
-    let names = (headers.spoofed.iter().map(Vec::as_slice))
-        .chain(headers.pairs.iter().map(|(name, _)| name.as_bytes()));
-    for name in engine.removed_upstream(names) {
+    // What `Engine::removed_upstream` names (`explain` lists it), first, so that no removal
+    // takes away a header the filter sets: the client's identity and claim copies, set apart
+    // as the request was read (by the same `owns_bytes`) ...
+    for name in &headers.spoofed {
         host.remove_request_header(name)?;
     }
-    // And the configured token headers by name, whatever the header list held.
+    // ... and with `forward = false` the token's headers: by their configured names whatever
+    // the read held, and in any other spelling the engine reads a token from (`x_token`).
     if !engine.policy().token.forward_token {
-        for name in &engine.token_names().headers {
+        let configured = &engine.token_names().headers;
+        for name in configured {
             host.remove_request_header(name.as_bytes())?;
+        }
+        for (name, _) in &headers.pairs {
+            if engine.reads_token_from(name.as_bytes()) && !configured.contains(name) {
+                host.remove_request_header(name.as_bytes())?;
+            }
         }
     }
     // The values the engine computes for the upstream (encoded; `explain` shows the same).

@@ -506,15 +506,11 @@ impl Engine {
     /// token cookie is cut out of `cookie` rather than removed, and a query token stays in
     /// the path (see the filter). A denied request goes nowhere.
     pub fn removed_upstream<'h>(&self, names: impl IntoIterator<Item = &'h [u8]>) -> Vec<&'h [u8]> {
-        let token_headers = &self.token_names.headers;
         names
             .into_iter()
             .filter(|name| {
                 self.header_names.owns_bytes(name)
-                    || (!self.policy.token.forward_token
-                        && token_headers
-                            .iter()
-                            .any(|t| upstream::same_header_name_bytes(t.as_bytes(), name)))
+                    || (!self.policy.token.forward_token && self.reads_token_from(name))
             })
             .collect()
     }

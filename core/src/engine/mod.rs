@@ -302,6 +302,15 @@ impl Engine {
         &self.header_names
     }
 
+    /// Whether a request header (any bytes) is one the token is read from, in any spelling
+    /// the engine reads it in: without case, `_` as `-` (see [`Request::values`]).
+    pub fn reads_token_from(&self, name: &[u8]) -> bool {
+        self.token_names
+            .headers
+            .iter()
+            .any(|t| crate::upstream::same_header_name_bytes(t.as_bytes(), name))
+    }
+
     /// The request headers the decision sees: all but the client's copies of identity and
     /// claim headers, which the filter drops as it reads the request (and removes upstream,
     /// see [`Engine::removed_upstream`]). `explain` and `claimgate test` decide on these, so
