@@ -9,6 +9,12 @@ EMPTY_WASM = "empty Wasm filter"  # bench.py's memory and warm-1 floor of any Wa
 MB = 1_000_000
 CONNECTIONS = 8  # wrk -c, as bench.py runs it
 
+# Host calls a warm allowed request makes (filter/src/request_tests.rs asserts both lists): the
+# clock, the header map, two counters, then five identity headers and four filter-state
+# properties by default; the lean scenario sets only the subject and no filter state.
+WARM_HOST_CALLS = {"warm-1": 13, "warm-1-lean": 5, "warm-10k": 13}
+COLD_LIMITS = [("RS256", 1.0), ("RS384", 1.0), ("RS512", 1.0), ("ES256", 1.0), ("ES384", 1.0), ("PS256", 2.0), ("EdDSA", 2.0)]
+
 
 def window_ok(w):
     """Statuses as expected for every request of the window, and connections kept alive."""
@@ -107,7 +113,7 @@ def write(results, out_path, chart_path):
     add("")
     add(f"![Envoy CPU time per request]({chart_path.name if chart_path.parent == out_path.parent else chart_path.relative_to(out_path.parent) if chart_path.is_relative_to(out_path.parent) else chart_path})")
     add("")
-    lines += verdicts(results, summary)
+    lines += verdicts(results, summary)[0]
     _tables(add, results, scenarios, summary)
     _scale(add, results)
     _memory(add, results)
@@ -140,25 +146,35 @@ def summaries(results):
 
 
 def verdicts(results, summary=None):
-    """The targets table and, for those not met, what stands in the way (markdown lines)."""
+    """The targets table and, for those not met, what stands in the way (markdown lines), and
+    (target, verdict) of each target not met."""
     summary = summaries(results) if summary is None else summary
     lines = []
-    _targets(lines.append, results, summary)
-    _obstacles(lines.append, results, summary, missed_targets(lines))
-    return lines
+    missed = _targets(lines.append, results, summary)
+    _obstacles(lines.append, results, summary, missed)
+    return lines, missed
 
 
 def _targets(add, results, summary):
+    """The targets table (and the run's void windows and notes); returns (target, verdict) of
+    each row not met."""
     add("## Issue 9's targets")
     add("")
     add("| target | measured | verdict |")
     add("|---|---|---|")
-    for alg, limit in [("RS256", 1.0), ("RS384", 1.0), ("RS512", 1.0), ("ES256", 1.0), ("ES384", 1.0), ("PS256", 2.0), ("EdDSA", 2.0)]:
+    missed = []
+
+    def row(target, measured, verdict_text):
+        add(f"| {target} | {measured} | {verdict_text} |")
+        if "NOT met" in verdict_text:
+            missed.append((target, verdict_text))
+
+    for alg, limit in COLD_LIMITS:
         s = summary.get(f"cold-{alg}")
         if not s or not s["claimgate"]:
             continue
         r = ratio(s["claimgate"]["added"], s["native"]["added"])
-        add(f"| 1. cold {alg}: CPU added over no filter ≤ {limit}× native | claimgate {fmt(s['claimgate']['added'])} µs, native {fmt(s['native']['added'])} µs | {verdict(r, limit)} |")
+        row(f"1. cold {alg}: CPU added over no filter ≤ {limit}× native", f"claimgate {fmt(s['claimgate']['added'])} µs, native {fmt(s['native']['added'])} µs", verdict(r, limit))
     for name in ("warm-1", "warm-10k", "warm-1-lean"):
         s = summary.get(name)
         if not s or not s["claimgate"]:
@@ -169,27 +185,29 @@ def _targets(add, results, summary):
         if empty and empty["added"] is not None:
             floor = (f"; added over no filter: claimgate {fmt(s['claimgate']['added'])} µs, native+cache {fmt(s['native+cache']['added'])} µs, "
                      f"an empty Wasm filter {fmt(empty['added'])} µs ({fmt(empty['cpu'])} µs in all)")
-        add(f"| 2. {name}: Envoy CPU per request ≤ 0.9× native+cache | claimgate {fmt(s['claimgate']['cpu'])} µs, native+cache {fmt(s['native+cache']['cpu'])} µs{floor} | {verdict(r, 0.9)} |")
+        row(f"2. {name}: Envoy CPU per request ≤ 0.9× native+cache", f"claimgate {fmt(s['claimgate']['cpu'])} µs, native+cache {fmt(s['native+cache']['cpu'])} µs{floor}", verdict(r, 0.9))
         ratios = p99_ratios(results, name)
         p = statistics.median(ratios) if ratios else None
         lower = sum(r < 1.0 for r in ratios)
-        add(f"| 2. {name}: p99 no worse than native+cache (claimgate / native+cache round by round, median) | claimgate {fmt(s['claimgate']['p99'], 3)} ms, "
-            f"native+cache {fmt(s['native+cache']['p99'], 3)} ms (medians); per round {', '.join(f'{r:.2f}' for r in ratios)}: lower in {lower} of {len(ratios)} | {verdict(p, 1.0)} |")
+        row(f"2. {name}: p99 no worse than native+cache (claimgate / native+cache round by round, median)",
+            f"claimgate {fmt(s['claimgate']['p99'], 3)} ms, native+cache {fmt(s['native+cache']['p99'], 3)} ms (medians); "
+            f"per round {', '.join(f'{r:.2f}' for r in ratios)}: lower in {lower} of {len(ratios)}", verdict(p, 1.0))
     for name in ("garbage-kid", "garbage-nokid"):
         s = summary.get(name)
         if not s or not s["claimgate"]:
             continue
         r = ratio(s["claimgate"]["added"], s["native"]["added"])
-        add(f"| 3. {name}: CPU added ≤ native's | claimgate {fmt(s['claimgate']['added'])} µs, native {fmt(s['native']['added'])} µs | {verdict(r, 1.0)} |")
+        row(f"3. {name}: CPU added ≤ native's", f"claimgate {fmt(s['claimgate']['added'])} µs, native {fmt(s['native']['added'])} µs", verdict(r, 1.0))
     fetch = results.get("fetch")
     if fetch:
         periods = int(fetch["seconds"] // fetch["refresh_s"])
         # Once per Envoy: the first fetch, then at most one per refresh period, never two close together.
         once = 1 <= fetch["fetches"] <= periods + 1 and all(gap > fetch["refresh_s"] / 2 for gap in fetch["fetch_gaps_s"]) and fetch["ok"] == fetch["requests"]
-        add(f"| 4. JWKS fetched once per Envoy with {fetch['workers']} workers | {fetch['fetches']} fetches in {fetch['seconds']:.0f} s (refresh every {fetch['refresh_s']} s; gaps {', '.join(f'{g:.1f}' for g in fetch['fetch_gaps_s']) or '—'} s), "
-            f"{fetch['adopted']} key sets adopted by the other workers' VMs; {fetch['ok']}/{fetch['requests']} requests answered 200 | {'met' if once else '**NOT met**'} |")
+        row(f"4. JWKS fetched once per Envoy with {fetch['workers']} workers",
+            f"{fetch['fetches']} fetches in {fetch['seconds']:.0f} s (refresh every {fetch['refresh_s']} s; gaps {', '.join(f'{g:.1f}' for g in fetch['fetch_gaps_s']) or '—'} s), "
+            f"{fetch['adopted']} key sets adopted by the other workers' VMs; {fetch['ok']}/{fetch['requests']} requests answered 200", "met" if once else "**NOT met**")
     else:
-        add("| 4. JWKS fetched once per Envoy with 4 workers | not measured in this run (`--only` without `fetch`) | — |")
+        row("4. JWKS fetched once per Envoy with 4 workers", "not measured in this run (`--only` without `fetch`)", "—")
     scale = _scale_summary(results)
     if scale:
         counts = sorted(scale)
@@ -197,22 +215,22 @@ def _targets(add, results, summary):
         cg_low, cg_high = scale[low].get("claimgate"), scale[high].get("claimgate")
         if cg_low and cg_high and high > low:
             r = ratio(cg_high["added"], cg_low["added"])
-            add(f"| 5. claimgate through Envoy at {high:,} rules ≤ 1.5× at {low:,} (CPU added over no filter) | {fmt(cg_high['added'])} µs vs {fmt(cg_low['added'])} µs | {verdict(r, 1.5)} |")
+            row(f"5. claimgate through Envoy at {high:,} rules ≤ 1.5× at {low:,} (CPU added over no filter)", f"{fmt(cg_high['added'])} µs vs {fmt(cg_low['added'])} µs", verdict(r, 1.5))
     compile_ = results.get("compile", {})
     if "10000" in compile_:
         size = compile_["10000"]["bytes"]
         if size is None:
-            add("| 5. pluginConfig for 10,000 rules ≤ 1 MiB | `claimgate compile` did not finish in time | **NOT met** |")
+            row("5. pluginConfig for 10,000 rules ≤ 1 MiB", "`claimgate compile` did not finish in time", "**NOT met**")
         else:
-            add(f"| 5. pluginConfig for 10,000 rules ≤ 1 MiB | {size / 1048576:.2f} MiB | {verdict(size / 1048576, 1.0).replace('×', ' MiB')} |")
+            row("5. pluginConfig for 10,000 rules ≤ 1 MiB", f"{size / 1048576:.2f} MiB", verdict(size / 1048576, 1.0).replace('×', ' MiB'))
     if "100000" in compile_:
         secs = compile_["100000"]["seconds"]
         if secs is None:
-            add("| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | stopped after the time limit (see notes) | **NOT met** |")
+            row("5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process)", "stopped after the time limit (see notes)", "**NOT met**")
         else:
             runs = compile_["100000"].get("runs") or [secs]
             spread = f" (median of {len(runs)} runs: {', '.join(f'{r:.2f}' for r in runs)} s)" if len(runs) > 1 else ""
-            add(f"| 5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process) | {secs:.2f} s{spread} | {verdict(secs, 2.0).replace('×', ' s')} |")
+            row("5. compile 100,000 rules ≤ 2 s (`claimgate compile`, whole process)", f"{secs:.2f} s{spread}", verdict(secs, 2.0).replace('×', ' s'))
     memory = results.get("memory", {})
     pairs = [
         ("rules: claimgate 10", "rules: native+cache 10", "one token cached: the rule-scale Envoys with 10 rules"),
@@ -224,9 +242,9 @@ def _targets(add, results, summary):
     for ours, theirs, what in pairs:
         if ours in memory and theirs in memory:
             above = (memory[ours] - memory[theirs]) * 1024 / MB
-            add(f"| 6. Envoy RSS above native+cache ≤ 15 MB per worker (1 worker, {what}) | {above:.1f} MB{floor if above > 0 else ''} | {verdict(above, 15).replace('×', ' MB')} |")
+            row(f"6. Envoy RSS above native+cache ≤ 15 MB per worker (1 worker, {what})", f"{above:.1f} MB{floor if above > 0 else ''}", verdict(above, 15).replace('×', ' MB'))
     wasm = results["facts"]["wasm_bytes"]
-    add(f"| 6. `.wasm` ≤ 600 KB | {wasm / 1000:,.0f} KB ({wasm:,} bytes) | {verdict(wasm / 1000, 600).replace('×', ' KB')} |")
+    row("6. `.wasm` ≤ 600 KB", f"{wasm / 1000:,.0f} KB ({wasm:,} bytes)", verdict(wasm / 1000, 600).replace('×', ' KB'))
     add("")
     bad = [w for w in results["windows"] if not window_ok(w)]
     if bad:
@@ -237,44 +255,26 @@ def _targets(add, results, summary):
         add(f"- {note}")
     if results.get("notes"):
         add("")
+    return missed
 
 
-# Host calls a warm allowed request makes (filter/src/request_tests.rs asserts both lists): the
-# clock, the header map, two counters, then five identity headers and four filter-state
-# properties by default; the lean scenario sets only the subject and no filter state.
-WARM_HOST_CALLS = {"warm-1": 13, "warm-1-lean": 5, "warm-10k": 13}
-COLD_LIMITS = [("RS256", 1.0), ("RS384", 1.0), ("RS512", 1.0), ("ES256", 1.0), ("ES384", 1.0), ("PS256", 2.0), ("EdDSA", 2.0)]
-
-
-def missed_targets(rows):
-    """(target, verdict) of each table row of `_targets` whose verdict is NOT met."""
-    out = []
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split(" | ")]
-        if len(cells) == 3 and "NOT met" in cells[2]:
-            out.append((cells[0], cells[2]))
-    return out
-
-
-def _per_round(results, scenario, setup, other_setup, combine):
-    """combine(a, b) of two setups' CPU per request, round by round (same scenario)."""
-    a = {w["round"]: w["cpu_us"] for w in _windows(results, scenario, setup)}
-    b = {w["round"]: w["cpu_us"] for w in _windows(results, scenario, other_setup)}
-    return [combine(a[r], b[r]) for r in sorted(a) if r in b]
+def _per_round(results, scenario, setup, other_setup, combine, key="cpu_us"):
+    """{round: combine(a, b)} of two setups' figure `key` in the rounds both ran (same
+    scenario): setups measured in the same round share its drift."""
+    a = {w["round"]: w[key] for w in _windows(results, scenario, setup)}
+    b = {w["round"]: w[key] for w in _windows(results, scenario, other_setup)}
+    return {r: combine(a[r], b[r]) for r in sorted(a) if r in b}
 
 
 def p99_ratios(results, scenario):
-    """claimgate's p99 over native+cache's, round by round: both ran in the same round, so the
-    machine's drift between rounds does not decide the comparison."""
-    ours = {w["round"]: w["p99_ms"] for w in _windows(results, scenario, "claimgate")}
-    theirs = {w["round"]: w["p99_ms"] for w in _windows(results, scenario, "native+cache")}
-    return [ours[r] / theirs[r] for r in sorted(ours) if r in theirs and ours[r] and theirs[r]]
+    """claimgate's p99 over native+cache's, round by round."""
+    ratios = _per_round(results, scenario, "claimgate", "native+cache", lambda a, b: a / b if a and b else None, key="p99_ms")
+    return [r for r in ratios.values() if r is not None]
 
 
 def _added_by_round(results, scenario, setup):
     """{round: CPU per request over the no-filter floor of the same scenario and round}."""
-    floor = {w["round"]: w["cpu_us"] for w in _windows(results, scenario, "none")}
-    return {w["round"]: w["cpu_us"] - floor[w["round"]] for w in _windows(results, scenario, setup) if w["round"] in floor}
+    return _per_round(results, scenario, setup, "none", lambda a, b: a - b)
 
 
 def _span(values, unit="µs"):
@@ -300,7 +300,7 @@ def _obstacles(add, results, summary, missed):
         for name in warm:
             s = summary[name]
             gap = s["claimgate"]["cpu"] - 0.9 * s["native+cache"]["cpu"]
-            gaps = _per_round(results, name, "claimgate", "native+cache", lambda a, b: a - 0.9 * b)
+            gaps = list(_per_round(results, name, "claimgate", "native+cache", lambda a, b: a - 0.9 * b).values())
             parts.append(f"{name} ({WARM_HOST_CALLS[name]} host calls) costs {fmt(s['claimgate']['cpu'])} µs per request against "
                          f"native+cache's {fmt(s['native+cache']['cpu'])} µs: {fmt(gap)} µs over 0.9× ({_span(gaps)})")
         text = f"- **Warm path (target 2).** {'; '.join(parts)}."

@@ -68,14 +68,13 @@ def section(lines):
 
 
 def test_a_run_that_meets_every_target_has_nothing_in_the_way():
-    lines = report.verdicts(run(150.0, good=True))
-    assert not report.missed_targets(lines), "\n".join(lines)
+    lines, missed = report.verdicts(run(150.0, good=True))
+    assert not missed, "\n".join(lines)
     assert section(lines) == []
 
 
 def test_every_missed_target_is_explained_with_its_own_numbers():
-    lines = report.verdicts(run(900.0, good=False))
-    missed = report.missed_targets(lines)
+    lines, missed = report.verdicts(run(900.0, good=False))
     # Every row of the table, for all six targets, misses here.
     assert {label.split(".")[0] for label, _ in missed} == {"1", "2", "3", "4", "5", "6"}
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| target") and "---" not in line]
@@ -114,7 +113,7 @@ def test_a_partial_run_renders():
     for key in ("fetch", "compile", "heap"):
         partial.pop(key)
     partial["memory"].pop(report.EMPTY_WASM)
-    lines = report.verdicts(partial)
+    lines, _ = report.verdicts(partial)
     text = "\n".join(section(lines))
     assert "**Warm path (target 2).**" in text and "empty Wasm filter" not in text
     assert "**Resident memory (target 6).** 52.0 MB above native+cache." in text
@@ -128,7 +127,7 @@ def test_p99_is_compared_round_by_round():
     for w in results["windows"]:
         if w["scenario"] == "warm-1" and w["setup"] in p99:
             w["p99_ms"] = p99[w["setup"]][w["round"]]
-    row = next(line for line in report.verdicts(results) if line.startswith("| 2. warm-1: p99"))
+    row = next(line for line in report.verdicts(results)[0] if line.startswith("| 2. warm-1: p99"))
     assert "per round 0.50, 0.75, 10.00: lower in 2 of 3 | met (0.75× ≤ 1.0×)" in row, row
 
 
